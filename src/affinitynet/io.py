@@ -1,0 +1,143 @@
+"""Atomic file writes, palette PNGs and ``.npz`` files: every file the project writes goes through here."""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from .errors import DataError
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike):
+    """Yield a temporary path next to ``path``; rename it onto ``path`` only if the block succeeds."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp" + path.suffix, dir=path.parent)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def write_bytes(path, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically."""
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+
+
+def write_text(path, text: str) -> None:
+    """Write ``text`` (UTF-8) to ``path`` atomically."""
+    write_bytes(path, text.encode("utf-8"))
+
+
+def write_json(path, obj) -> None:
+    """Write ``obj`` as indented JSON to ``path`` atomically."""
+    write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+
+
+def read_json(path):
+    """Read a JSON file, naming the file in the error if it does not parse."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except json.JSONDecodeError as e:
+        raise DataError(path, f"not valid JSON ({e})") from None
+
+
+def voc_palette(n: int = 256) -> np.ndarray:
+    """The PASCAL VOC colour map: (n, 3) uint8, index 255 is the 'void' colour (224, 224, 192)."""
+    pal = np.zeros((n, 3), dtype=np.uint8)
+    for i in range(n):
+        c, r, g, b = i, 0, 0, 0
+        for j in range(8):
+            r |= ((c >> 0) & 1) << (7 - j)
+            g |= ((c >> 1) & 1) << (7 - j)
+            b |= ((c >> 2) & 1) << (7 - j)
+            c >>= 3
+        pal[i] = (r, g, b)
+    return pal
+
+
+_PALETTE = voc_palette().reshape(-1).tolist()
+
+
+def label_to_pil(label: np.ndarray) -> Image.Image:
+    """(H, W) uint8 class ids -> palette ('P' mode) image in VOC colours."""
+    if label.ndim != 2:
+        raise ValueError(f"label map must be 2-D, got shape {label.shape}")
+    img = Image.fromarray(np.ascontiguousarray(label.astype(np.uint8)), mode="P")
+    img.putpalette(_PALETTE)
+    return img
+
+
+def save_label_png(path, label: np.ndarray) -> None:
+    """Write an (H, W) class-id map as a VOC palette PNG, atomically."""
+    img = label_to_pil(label)
+    with atomic_path(path) as tmp:
+        img.save(tmp, format="PNG")
+
+
+def load_label_png(path, *, expect_size: tuple[int, int] | None = None) -> np.ndarray:
+    """Read a palette (or single-channel) PNG of class ids -> (H, W) uint8.
+
+    ``expect_size`` is (H, W); a mismatch, an RGB mask or an unreadable file raises DataError naming ``path``.
+    """
+    try:
+        with Image.open(path) as img:
+            img.load()
+            if img.mode not in ("P", "L"):
+                raise DataError(path, f"label mask must be a palette or grey PNG of class ids, got mode {img.mode}")
+            arr = np.array(img, dtype=np.uint8)
+    except FileNotFoundError:
+        raise DataError(path, "file not found") from None
+    except DataError:
+        raise
+    except Exception as e:  # PIL raises many types for corrupt files
+        raise DataError(path, f"cannot read mask ({e})") from None
+    if expect_size is not None and arr.shape != tuple(expect_size):
+        raise DataError(path, f"mask size {arr.shape[1]}x{arr.shape[0]} does not match image size "
+                              f"{expect_size[1]}x{expect_size[0]}")
+    return arr
+
+
+def load_image(path) -> np.ndarray:
+    """Read an image file -> (H, W, 3) uint8 RGB; a missing or corrupt file raises DataError naming it."""
+    try:
+        with Image.open(path) as img:
+            img.load()
+            return np.asarray(img.convert("RGB"), dtype=np.uint8).copy()
+    except FileNotFoundError:
+        raise DataError(path, "image file not found") from None
+    except Exception as e:
+        raise DataError(path, f"cannot read image ({e})") from None
+
+
+def save_npz(path, **arrays) -> None:
+    """Write arrays to an uncompressed ``.npz`` atomically (fixed keys chosen by the caller)."""
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as f:
+            np.savez(f, **arrays)
+
+
+def load_npz(path) -> dict[str, np.ndarray]:
+    """Read all arrays of an ``.npz`` file; a truncated file raises DataError naming it."""
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            return {k: z[k] for k in z.files}
+    except FileNotFoundError:
+        raise DataError(path, "file not found") from None
+    except Exception as e:
+        raise DataError(path, f"cannot read .npz ({e})") from None
