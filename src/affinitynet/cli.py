@@ -1,0 +1,176 @@
+"""The ``affinitynet`` command line: run, demo, data synth, eval, predict, check."""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from . import __version__
+from .errors import AffinityNetError
+
+PRESET_DIR = Path(__file__).resolve().parent / "configs"
+
+
+def resolve_config_path(spec: str) -> Path:
+    """A config file path, or the name of a built-in preset (``synthetic_cpu``, ``voc12_resnet38``)."""
+    p = Path(spec)
+    if p.exists():
+        return p
+    preset = PRESET_DIR / (spec if spec.endswith(".yaml") else f"{spec}.yaml")
+    if preset.exists():
+        return preset
+    from .errors import ConfigError
+
+    names = ", ".join(sorted(x.stem for x in PRESET_DIR.glob("*.yaml")))
+    raise ConfigError(f"{spec}: config file not found (built-in presets: {names})")
+
+
+def _load_config(spec: str, overrides):
+    from . import config
+
+    return config.load(resolve_config_path(spec), overrides or [])
+
+
+# ----------------------------------------------------------------------------- commands
+
+def cmd_run(args) -> int:
+    from .runs import run_pipeline
+
+    cfg = _load_config(args.config, args.set)
+    results = run_pipeline(cfg, Path(args.out), start=args.start, stop=args.stop, force=args.force or [])
+    return 0 if all(r.status in ("done", "skipped") for r in results) else 1
+
+
+def cmd_demo(args) -> int:
+    from .demo import run_demo
+
+    run_demo(Path(args.out), overrides=args.set or [])
+    return 0
+
+
+def cmd_data_synth(args) -> int:
+    from .data.synthetic import generate
+
+    out = generate(Path(args.out), train=args.train, val=args.val, size=args.size, classes=args.classes,
+                   seed=args.seed)
+    print(f"wrote the synthetic set to {out} ({args.train} train + {args.val} val images, "
+          f"{args.classes} classes, {args.size} px)")
+    return 0
+
+
+def cmd_eval(args) -> int:
+    from .evaluation import evaluate_command
+
+    evaluate_command(pred_dir=Path(args.pred), data=args.data, split=args.split,
+                     out=Path(args.out) if args.out else None, overrides=args.set or [])
+    return 0
+
+
+def cmd_predict(args) -> int:
+    from .stages.segment import predict_images
+
+    predict_images(Path(args.checkpoint), [Path(p) for p in args.images], Path(args.out), device=args.device,
+                   scales=args.scales, flip=args.flip, crf=args.crf)
+    return 0
+
+
+def cmd_check(args) -> int:
+    from .check import check_command
+
+    return check_command(_load_config(args.config, args.set))
+
+
+# ----------------------------------------------------------------------------- parser
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser with one subcommand per verb."""
+    from .pipeline import STAGE_NAMES
+
+    p = argparse.ArgumentParser(
+        prog="affinitynet",
+        description="Pixel-level segmentation labels from image-level tags (AffinityNet, CVPR 2018).")
+    p.add_argument("--version", action="version", version=f"affinitynet {__version__}")
+    p.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+
+    def add_set(sp):
+        sp.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE",
+                        help="override a config value (repeatable), e.g. --set cam.epochs=5")
+
+    r = sub.add_parser("run", help="run the pipeline (or part of it) into a run directory",
+                       description="Run the stages in order: " + ", ".join(STAGE_NAMES) + ". Finished stages "
+                       "whose inputs did not change are skipped; interrupted stages resume.")
+    r.add_argument("config", help="YAML config file or built-in preset name (synthetic_cpu, voc12_resnet38)")
+    r.add_argument("--out", required=True, help="run directory")
+    r.add_argument("--from", dest="start", choices=STAGE_NAMES, metavar="STAGE", help="first stage to run")
+    r.add_argument("--to", dest="stop", choices=STAGE_NAMES, metavar="STAGE", help="last stage to run")
+    r.add_argument("--force", action="append", choices=STAGE_NAMES, metavar="STAGE",
+                   help="redo this stage even if it finished (repeatable)")
+    add_set(r)
+    r.set_defaults(func=cmd_run)
+
+    d = sub.add_parser("demo", help="generate the synthetic set and run the CPU preset end to end",
+                       description="Generates the built-in synthetic dataset (if absent) and runs the "
+                       "synthetic_cpu preset end to end; prints the per-stage table.")
+    d.add_argument("--out", default="affinitynet-demo", help="demo directory (default: ./affinitynet-demo)")
+    add_set(d)
+    d.set_defaults(func=cmd_demo)
+
+    data = sub.add_parser("data", help="dataset tools (synthetic set generator)")
+    dsub = data.add_subparsers(dest="data_command", metavar="DATA_COMMAND")
+    s = dsub.add_parser("synth", help="write the built-in synthetic dataset in VOC layout")
+    s.add_argument("out", help="output directory")
+    s.add_argument("--train", type=int, default=240, help="training images (default 240)")
+    s.add_argument("--val", type=int, default=60, help="validation images (default 60)")
+    s.add_argument("--size", type=int, default=128, help="image side in pixels (default 128)")
+    s.add_argument("--classes", type=int, default=5, help="number of object classes (default 5)")
+    s.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    s.set_defaults(func=cmd_data_synth)
+    data.set_defaults(func=lambda a: (data.print_help(), 2)[1])
+
+    e = sub.add_parser("eval", help="score a folder of label PNGs against ground truth (mIoU)")
+    e.add_argument("--pred", required=True, help="folder of predicted palette PNGs, one per image")
+    e.add_argument("--data", required=True, help="a config file / preset, or a VOC-layout dataset root")
+    e.add_argument("--split", default=None, help="split to score (default: the config's val split)")
+    e.add_argument("--out", default=None, help="metrics JSON (default: metrics.json next to the predictions)")
+    add_set(e)
+    e.set_defaults(func=cmd_eval)
+
+    pr = sub.add_parser("predict", help="segment your own images with a trained segmentation checkpoint")
+    pr.add_argument("--checkpoint", required=True, help="segmentation checkpoint (RUN_DIR/segmentation/final.pt)")
+    pr.add_argument("images", nargs="+", help="image files or folders")
+    pr.add_argument("--out", required=True, help="output folder for palette PNGs")
+    pr.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    pr.add_argument("--scales", type=float, nargs="+", default=[1.0], help="test scales (default 1.0)")
+    pr.add_argument("--flip", action=argparse.BooleanOptionalAction, default=False, help="flip averaging")
+    pr.add_argument("--crf", action=argparse.BooleanOptionalAction, default=False, help="dense CRF refinement")
+    pr.set_defaults(func=cmd_predict)
+
+    c = sub.add_parser("check", help="validate a config and its data before a long run; report all problems")
+    c.add_argument("config", help="YAML config file or preset name")
+    add_set(c)
+    c.set_defaults(func=cmd_check)
+    return p
+
+
+def main(argv=None) -> int:
+    """Entry point of the console script."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except AffinityNetError as e:
+        if args.debug:
+            raise
+        print(f"affinitynet: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("affinitynet: interrupted; finished work is kept, re-run the same command to resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
