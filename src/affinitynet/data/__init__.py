@@ -1,0 +1,67 @@
+"""Datasets: VOC layout (and the synthetic set, written in it), COCO 2014, a custom folder with a tag CSV."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..config import DataConfig
+from ..errors import ConfigError
+from .base import SegDataset
+from .coco import COCODataset
+from .folder import FolderDataset
+from .voc import VOC_CLASSES, VOCDataset
+
+
+class SyntheticDataset(VOCDataset):
+    """The built-in synthetic set: a VOC-layout folder with its own ``classes.txt``."""
+
+
+def ensure_synthetic(cfg: DataConfig) -> Path:
+    """Generate the synthetic set into ``cfg.root`` unless a complete one (marker file present) is there."""
+    from .synthetic import generate, read_marker
+
+    root = Path(cfg.root)
+    params = {"train": cfg.synth_train, "val": cfg.synth_val, "size": cfg.synth_size,
+              "classes": cfg.synth_classes, "seed": cfg.synth_seed}
+    marker = read_marker(root)
+    if marker is None:
+        return generate(root, **params)
+    if marker.get("params") != params:
+        raise ConfigError(f"{root} holds a synthetic set made with {marker.get('params')}, but the config asks "
+                          f"for {params}: point data.root elsewhere or delete that folder")
+    return root
+
+
+def _voc(cfg: DataConfig, split: str) -> SegDataset:
+    return VOCDataset(cfg.root, split, mask_dir=cfg.mask_dir, labels_from=cfg.labels_from)
+
+
+def _synthetic(cfg: DataConfig, split: str) -> SegDataset:
+    ensure_synthetic(cfg)
+    return SyntheticDataset(cfg.root, split, mask_dir="SegmentationClass", labels_from=cfg.labels_from)
+
+
+def _coco(cfg: DataConfig, split: str) -> SegDataset:
+    return COCODataset(cfg.root, split, image_dir=cfg.image_dir, annotation_file=cfg.annotation_file)
+
+
+def _folder(cfg: DataConfig, split: str) -> SegDataset:
+    pattern = cfg.csv or "{split}.csv"
+    return FolderDataset(cfg.root, pattern.format(split=split), image_dir=cfg.image_dir.format(split=split),
+                         classes_file=cfg.classes_file, mask_dir=cfg.mask_dir,
+                         class_csvs=tuple(pattern.format(split=s) for s in (cfg.train_split, cfg.val_split)))
+
+
+DATASETS = {"synthetic": _synthetic, "voc": _voc, "coco": _coco, "folder": _folder}
+
+
+def build_dataset(cfg: DataConfig, split: str) -> SegDataset:
+    """The dataset of ``split`` (a split name or list file) described by ``cfg``."""
+    try:
+        make = DATASETS[cfg.kind]
+    except KeyError:
+        raise ConfigError(f"unknown data.kind '{cfg.kind}' (valid: {', '.join(DATASETS)})") from None
+    return make(cfg, split)
+
+
+__all__ = ["SegDataset", "VOCDataset", "SyntheticDataset", "COCODataset", "FolderDataset", "VOC_CLASSES",
+           "DATASETS", "build_dataset", "ensure_synthetic"]
