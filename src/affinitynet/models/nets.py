@@ -1,0 +1,168 @@
+"""The three networks of the pipeline on top of a ``Backbone``: Classifier (CAM), AffinityNet, DeepLab."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..errors import ConfigError
+from .base import Backbone
+
+HEADS = ("largefov", "aspp")
+
+
+class _Net(nn.Module):
+    """A backbone plus newly initialised layers; ``param_groups`` splits parameters for the 1/2/10/20 LR rule."""
+
+    backbone: Backbone
+
+    def new_modules(self) -> list[nn.Module]:
+        """Layers trained from scratch (LR x10 / x20)."""
+        raise NotImplementedError
+
+    def class_param_names(self) -> list[str]:
+        """State-dict keys whose first dimension is the number of classes."""
+        return []
+
+    def param_groups(self) -> tuple[list[nn.Parameter], list[nn.Parameter], list[nn.Parameter], list[nn.Parameter]]:
+        """(backbone weights, backbone biases incl. BN, new weights, new biases); frozen parameters left out."""
+        new = {id(p) for m in self.new_modules() for p in m.parameters()}
+        groups: tuple[list, list, list, list] = ([], [], [], [])
+        for p in self.parameters():
+            if p.requires_grad:
+                groups[(2 if id(p) in new else 0) + (0 if p.ndim > 1 else 1)].append(p)
+        return groups
+
+
+class Classifier(_Net):
+    """Backbone -> (dropout) -> global average pooling -> 1x1 conv without bias; CAMs from the same weights."""
+
+    def __init__(self, backbone: Backbone, num_classes: int, dropout: float | None = None):
+        super().__init__()
+        if dropout is None:
+            dropout = 0.5 if backbone.name == "resnet38" else 0.0  # the reference's dropout7
+        self.backbone = backbone
+        self.num_classes = num_classes
+        self.dropout = nn.Dropout2d(dropout) if dropout > 0 else nn.Identity()
+        self.classifier = nn.Conv2d(backbone.out_channels, num_classes, 1, bias=False)
+        nn.init.xavier_uniform_(self.classifier.weight)
+
+    def new_modules(self) -> list[nn.Module]:
+        """The classifier."""
+        return [self.classifier]
+
+    def class_param_names(self) -> list[str]:
+        """The classifier's weight."""
+        return ["classifier.weight"]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) normalised images -> (B, C) logits."""
+        f = self.dropout(self.backbone(x)[-1])
+        f = f.mean(dim=(2, 3), keepdim=True)
+        return self.classifier(f).flatten(1)
+
+    def cam(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) -> (B, C, h, w) class activation maps ReLU(W_c . f), no dropout."""
+        return F.relu(F.conv2d(self.backbone(x)[-1], self.classifier.weight))
+
+
+class AffinityNet(_Net):
+    """Three backbone depths -> 1x1 conv + ELU each (64, 128, 256 ch) -> concat (448) -> 1x1 conv + ELU."""
+
+    dims = (64, 128, 256)
+
+    def __init__(self, backbone: Backbone):
+        super().__init__()
+        self.backbone = backbone
+        c3, c4, c5 = backbone.channels
+        self.f8_3 = nn.Conv2d(c3, self.dims[0], 1, bias=False)
+        self.f8_4 = nn.Conv2d(c4, self.dims[1], 1, bias=False)
+        self.f8_5 = nn.Conv2d(c5, self.dims[2], 1, bias=False)
+        self.f9 = nn.Conv2d(sum(self.dims), sum(self.dims), 1, bias=False)
+        nn.init.kaiming_normal_(self.f8_3.weight)
+        nn.init.kaiming_normal_(self.f8_4.weight)
+        nn.init.kaiming_normal_(self.f8_5.weight)
+        nn.init.xavier_uniform_(self.f9.weight, gain=4)
+
+    @property
+    def embed_dim(self) -> int:
+        """Channels of the embedding (448)."""
+        return sum(self.dims)
+
+    def new_modules(self) -> list[nn.Module]:
+        """f8_3, f8_4, f8_5, f9."""
+        return [self.f8_3, self.f8_4, self.f8_5, self.f9]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) normalised images -> (B, 448, h, w) embedding on the deepest feature's grid."""
+        f3, f4, f5 = self.backbone(x)
+        size = f5.shape[-2:]
+        # at output stride 16 (ResNet) the first depth is at stride 8: pool it onto the deepest grid
+        f3, f4 = (f if f.shape[-2:] == size else F.adaptive_avg_pool2d(f, size) for f in (f3, f4))
+        f = torch.cat([F.elu(self.f8_3(f3)), F.elu(self.f8_4(f4)), F.elu(self.f8_5(f5))], dim=1)
+        return F.elu(self.f9(f))
+
+
+class LargeFOV(nn.Sequential):
+    """DeepLab-v1 LargeFOV head: 3x3 dilation-12 conv, 1x1 conv (ReLU + dropout each), 1x1 to classes."""
+
+    def __init__(self, in_channels: int, num_classes: int, width: int = 1024, dropout: float = 0.5, rate: int = 12):
+        super().__init__(
+            nn.Conv2d(in_channels, width, 3, padding=rate, dilation=rate), nn.ReLU(inplace=True), nn.Dropout2d(dropout),
+            nn.Conv2d(width, width, 1), nn.ReLU(inplace=True), nn.Dropout2d(dropout),
+            nn.Conv2d(width, num_classes, 1),
+        )
+        for m in self:
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
+                nn.init.zeros_(m.bias)
+        nn.init.normal_(self[-1].weight, std=0.01)
+
+
+class ASPP(nn.Module):
+    """DeepLab-v2 ASPP: parallel 3x3 convs to classes with dilations (6, 12, 18, 24), summed."""
+
+    def __init__(self, in_channels: int, num_classes: int, rates=(6, 12, 18, 24)):
+        super().__init__()
+        self.branches = nn.ModuleList(nn.Conv2d(in_channels, num_classes, 3, padding=r, dilation=r) for r in rates)
+        for conv in self.branches:
+            nn.init.normal_(conv.weight, std=0.01)
+            nn.init.zeros_(conv.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, C_in, h, w) -> (B, K, h, w)."""
+        return sum(branch(x) for branch in self.branches)
+
+
+class DeepLab(_Net):
+    """Backbone's deepest feature -> LargeFOV or ASPP head -> per-pixel class logits at the feature stride."""
+
+    def __init__(self, backbone: Backbone, num_classes: int, head: str = "largefov", width: int | None = None,
+                 dropout: float = 0.5):
+        super().__init__()
+        if head not in HEADS:
+            raise ConfigError(f"unknown segmentation head '{head}' (valid: {', '.join(HEADS)})")
+        self.backbone = backbone
+        self.num_classes = num_classes
+        self.head_name = head
+        if head == "largefov":
+            if width is None:
+                width = 1024 if backbone.out_channels >= 1024 else 128
+            self.head = LargeFOV(backbone.out_channels, num_classes, width=width, dropout=dropout)
+        else:
+            self.head = ASPP(backbone.out_channels, num_classes)
+
+    def new_modules(self) -> list[nn.Module]:
+        """The head."""
+        return [self.head]
+
+    def class_param_names(self) -> list[str]:
+        """The head's last layer(s)."""
+        if self.head_name == "largefov":
+            n = len(self.head) - 1
+            return [f"head.{n}.weight", f"head.{n}.bias"]
+        return [f"head.branches.{i}.{p}" for i in range(len(self.head.branches)) for p in ("weight", "bias")]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) normalised images -> (B, K, h, w) logits, h = ceil(H / output_stride) (callers upsample)."""
+        return self.head(self.backbone(x)[-1])
