@@ -1,0 +1,73 @@
+"""Pair affinities from an embedding, the AffinityNet loss and its average precision (DESIGN.md 2.3)."""
+from __future__ import annotations
+
+import torch
+
+# Elements of one gathered (B, chunk, D) block in pair_affinity: 1 MiB of float32 stays in cache
+# (measured 5x faster than 64 MiB blocks on CPU at 63x47 x 448 channels) and bounds the memory.
+_GATHER_ELEMENTS = 1 << 18
+
+
+def pair_affinity(feat: torch.Tensor, idx_from: torch.Tensor, idx_to: torch.Tensor) -> torch.Tensor:
+    """Affinities exp(-mean_k |f_i,k - f_j,k|): feat (B, D, h, w) or (D, h, w) -> (B, P) or (P,)."""
+    if feat.dim() not in (3, 4):
+        raise ValueError(f"feat must be (D, h, w) or (B, D, h, w), got shape {tuple(feat.shape)}")
+    batched = feat.dim() == 4
+    if not batched:
+        feat = feat.unsqueeze(0)
+    b, d = feat.shape[:2]
+    nodes = feat.flatten(2).transpose(1, 2).contiguous()  # (B, N, D): each node's vector contiguous
+    chunk = max(1, _GATHER_ELEMENTS // max(1, b * d))
+    parts = []
+    for start in range(0, idx_from.numel(), chunk):
+        f = nodes[:, idx_from[start : start + chunk]]
+        t = nodes[:, idx_to[start : start + chunk]]
+        parts.append(torch.exp(-(f - t).abs().mean(dim=-1)))
+    aff = torch.cat(parts, dim=1) if parts else nodes.new_zeros(b, 0)
+    return aff if batched else aff[0]
+
+
+def affinity_loss(
+    aff: torch.Tensor, bg_pos: torch.Tensor, fg_pos: torch.Tensor, neg: torch.Tensor, eps: float = 1e-5
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """AffinityNet loss on aff (B, P) and boolean masks (B, P): bg/4 + fg/4 + neg/2, each a mean over its own pairs."""
+    pos_term = -torch.log(aff + eps)
+    neg_term = -torch.log(1.0 + eps - aff)
+    terms, parts = [], {}
+    for name, mask, values, weight in (
+        ("bg", bg_pos, pos_term, 0.25),
+        ("fg", fg_pos, pos_term, 0.25),
+        ("neg", neg, neg_term, 0.5),
+    ):
+        count = int(mask.sum())
+        if count:
+            term = values[mask].sum() / count
+        else:
+            term = aff.sum() * 0.0  # no pairs of this kind: contributes 0 but keeps the graph connected
+        terms.append(weight * term)
+        parts[f"{name}_loss"] = float(term.detach())
+        parts[f"{name}_count"] = count
+    return terms[0] + terms[1] + terms[2], parts
+
+
+def affinity_average_precision(aff: torch.Tensor, is_pos: torch.Tensor) -> float:
+    """Average precision of affinities aff (any shape) ranking positive pairs is_pos (same shape, bool) above negatives."""
+    scores = aff.detach().reshape(-1).to("cpu", torch.float64)
+    positive = is_pos.detach().reshape(-1).to("cpu", torch.float64)
+    if scores.numel() != positive.numel():
+        raise ValueError(f"aff has {scores.numel()} elements but is_pos has {positive.numel()}")
+    n_pos = float(positive.sum())
+    if n_pos == 0:
+        return 0.0
+    order = torch.argsort(scores, descending=True, stable=True)
+    scores, positive = scores[order], positive[order]
+    tp = torch.cumsum(positive, 0)
+    seen = torch.arange(1, scores.numel() + 1, dtype=torch.float64)
+    # One threshold per distinct score (ties form one step), as sklearn's precision_recall_curve.
+    last_of_group = torch.ones_like(scores, dtype=torch.bool)
+    last_of_group[:-1] = scores[1:] != scores[:-1]
+    tp, seen = tp[last_of_group], seen[last_of_group]
+    precision = tp / seen
+    recall = tp / n_pos
+    recall_step = torch.diff(recall, prepend=recall.new_zeros(1))
+    return float((recall_step * precision).sum())
