@@ -70,7 +70,7 @@ def cmd_predict(args) -> int:
     from .stages.segment import predict_images
 
     predict_images(Path(args.checkpoint), [Path(p) for p in args.images], Path(args.out), device=args.device,
-                   scales=args.scales, flip=args.flip, crf=args.crf)
+                   scales=args.scales, flip=args.flip, crf=args.crf, fmt=args.format)
     return 0
 
 
@@ -144,6 +144,9 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--scales", type=float, nargs="+", default=[1.0], help="test scales (default 1.0)")
     pr.add_argument("--flip", action=argparse.BooleanOptionalAction, default=False, help="flip averaging")
     pr.add_argument("--crf", action=argparse.BooleanOptionalAction, default=False, help="dense CRF refinement")
+    pr.add_argument("--format", choices=("png", "voc-test"), default="png",
+                    help="png: OUT/NAME.png; voc-test: the VOC evaluation server's "
+                         "results/VOC2012/Segmentation/comp6_test_cls layout")
     pr.set_defaults(func=cmd_predict)
 
     c = sub.add_parser("check", help="validate a config and its data before a long run; report all problems")

@@ -13,7 +13,7 @@ from .ops.metrics import confusion_matrix, format_table, scores
 def accumulate(dataset, names, predict, *, progress=lambda it, **kw: it, desc: str = "scoring") -> np.ndarray:
     """Sum of confusion matrices over ``names``; ``predict(name) -> (H, W) uint8`` label map."""
     k = dataset.num_classes + 1
-    conf = np.zeros((k, k), dtype=np.int64)
+    conf = np.zeros((k, k + 1), dtype=np.int64)  # last column: predictions of 255 (misses)
     for name in progress(names, desc=desc, total=len(names)):
         gt = dataset.load_mask(name)
         if gt is None:

@@ -78,6 +78,7 @@ class StageContext:
     log: logging.Logger = LOG
     rank: int = 0
     world_size: int = 1
+    local_rank: int = 0
     stage: str = ""
     _datasets: dict = field(default_factory=dict, repr=False)
 
@@ -124,8 +125,8 @@ class StageContext:
         if skipped and self.is_main:
             self.log.info(f"  {desc}: {skipped} of {len(mine)} images already done, resuming")
         if workers > 1 and len(todo) > 1:
-            ctx = mp.get_context("spawn" if torch.cuda.is_initialized() else "fork")
-            with ctx.Pool(workers) as pool:
+            # spawn, not fork: a forked child of a process that already ran OpenMP/CUDA work can hang
+            with mp.get_context("spawn").Pool(workers, initializer=torch.set_num_threads, initargs=(1,)) as pool:
                 for _ in self.progress(pool.imap_unordered(work, todo, chunksize=1), desc=desc, total=len(todo)):
                     pass
         else:
@@ -235,7 +236,7 @@ def run_pipeline(cfg: Config, run_dir: Path, *, start: str | None = None, stop: 
     log.info(f"run {run_dir}  device={device}  processes={info.world_size}")
 
     ctx = StageContext(cfg=cfg, run_dir=run_dir, device=device, log=log, rank=info.rank,
-                       world_size=info.world_size)
+                       world_size=info.world_size, local_rank=info.local_rank)
     results: list[StageResult] = []
     for spec in selected:
         manifest = load_manifest(run_dir)  # every rank reads the same file written by rank 0

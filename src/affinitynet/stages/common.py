@@ -39,3 +39,22 @@ def load_trained(model: torch.nn.Module, path: Path, device: torch.device, stage
 
     load_checkpoint_into(model, require(path, stage))
     return model.to(device).eval()
+
+
+def train_network(ctx, model: torch.nn.Module, section, dataset, loss_fn, out_dir: str, *, validate=None) -> dict:
+    """Shared wiring of the three training stages: SGD with the x1/x2/x10/x20 groups, poly LR, ``fit``.
+
+    ``section`` is the stage's config section (lr, weight_decay, momentum, poly_power, epochs, batch_size).
+    Checkpoints, ``history.jsonl`` and ``final.pt`` go to ``RUN_DIR/out_dir``.
+    """
+    from ..dist import DistInfo
+    from ..engine import fit, param_groups_sgd
+
+    model = model.to(ctx.device)
+    optimizer = param_groups_sgd(model.param_groups(), section.lr, section.weight_decay, section.momentum)
+    rt = ctx.cfg.runtime
+    return fit(model, loss_fn, dataset, optimizer=optimizer, epochs=section.epochs, batch_size=section.batch_size,
+               ckpt_dir=ctx.path(out_dir), device=ctx.device, poly_power=section.poly_power,
+               dist_info=DistInfo(ctx.rank, ctx.world_size, ctx.local_rank), seed=rt.seed,
+               num_workers=rt.num_workers, progress=rt.progress and ctx.is_main, log_every=rt.log_every,
+               log=ctx.log, validate=validate, config=ctx.cfg.to_dict())

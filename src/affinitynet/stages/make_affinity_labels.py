@@ -1,0 +1,84 @@
+"""make_affinity_labels: confident foreground / background regions from the CAMs, one palette PNG per image.
+
+``affinity_labels/{name}.png`` holds class ids where the foreground is confident, 0 where the background
+is confident and 255 elsewhere, at image size; AffinityNet training pools them to its feature grid after
+cropping. The dense CRF is CPU-bound, so images are spread over ``affinity_labels.workers`` processes.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..io import load_label_png, save_label_png, write_json
+from ..ops.confident import confident_labels
+from .common import load_cam
+
+
+def label_file(run_dir: Path, name: str) -> Path:
+    """``RUN_DIR/affinity_labels/{name}.png``."""
+    return Path(run_dir) / "affinity_labels" / f"{name}.png"
+
+
+@dataclass
+class _Labeller:
+    """Picklable per-image work for the worker processes."""
+
+    dataset: object
+    run_dir: Path
+    cfg: object  # AffinityLabelConfig
+
+    def __call__(self, name: str) -> None:
+        c = self.cfg
+        keys, maps = load_cam(self.run_dir, name)
+        crf_params = dict(iters=c.crf_iters, gauss_sxy=c.crf_gauss_sxy, gauss_compat=c.crf_gauss_compat,
+                          bilateral_sxy=c.crf_bilateral_sxy, bilateral_srgb=c.crf_bilateral_srgb,
+                          bilateral_compat=c.crf_bilateral_compat)
+        label = confident_labels(self.dataset.load_image(name), keys, maps, alpha_low=c.alpha_low,
+                                 alpha_high=c.alpha_high, crf=c.crf, crf_params=crf_params,
+                                 fg_threshold=c.fg_threshold, bg_threshold=c.bg_threshold)
+        save_label_png(label_file(self.run_dir, name), label)
+
+
+def confident_region_quality(dataset, names, label_of) -> dict:
+    """Precision of the confident foreground and background against the masks, and the ignored fraction (%)."""
+    fg_right = fg_all = bg_right = bg_all = ignored = total = 0
+    for name in names:
+        gt = dataset.load_mask(name)
+        pred = label_of(name)
+        valid = gt != 255
+        p, g = pred[valid], gt[valid]
+        fg = (p != 0) & (p != 255)
+        fg_all += int(fg.sum())
+        fg_right += int((fg & (p == g)).sum())
+        bg_all += int((p == 0).sum())
+        bg_right += int(((p == 0) & (g == 0)).sum())
+        ignored += int((p == 255).sum())
+        total += int(p.size)
+
+    def pct(a, b):
+        return 100.0 * a / b if b else None
+
+    return {"fg_precision": pct(fg_right, fg_all), "bg_precision": pct(bg_right, bg_all),
+            "ignored": pct(ignored, total), "fg_fraction": pct(fg_all, total), "bg_fraction": pct(bg_all, total)}
+
+
+def run(ctx) -> dict:
+    """Write ``affinity_labels/{name}.png`` for every training image; measure their precision when masks exist."""
+    ds = ctx.train_set
+    cfg = ctx.cfg.affinity_labels
+    if cfg.crf:
+        from ..ops.crf import _densecrf
+
+        _densecrf()  # fail now, with the install hint, rather than inside a worker
+    work = _Labeller(ds, ctx.run_dir, cfg)
+    counts = ctx.map_images(ds.names, lambda n: label_file(ctx.run_dir, n), work,
+                            desc="make_affinity_labels", workers=cfg.workers)
+    summary = {"images": len(ds), "computed": counts["done"]}
+    if ctx.is_main and ds.has_masks:
+        q = confident_region_quality(ds, ds.names, lambda n: load_label_png(label_file(ctx.run_dir, n)))
+        write_json(ctx.path("affinity_labels", "metrics.json"), q)
+        summary.update({k: round(v, 2) for k, v in q.items() if v is not None and k != "fg_fraction"
+                        and k != "bg_fraction"})
+    return summary

@@ -1,0 +1,63 @@
+"""make_cam: multi-scale + flip class activation maps of every training image, one ``.npz`` per image.
+
+Storage: ``cam/{name}.npz`` with fixed keys ``keys`` (C',) int16 class ids of the image's tags and
+``cams`` (C', H, W) float16 maps at image size, normalised to [0, 1]. Only present classes are stored
+(1-3 maps per VOC image), so full resolution costs ~0.4 MB per VOC image and no later stage has to
+resample; float16 keeps 3 significant digits, far below the CRF's and the argmax's sensitivity.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from ..io import write_json
+from ..models import build_classifier
+from ..ops.cam import multiscale_cam, normalize_cams, normalize_image
+from ..ops.metrics import cam_sweep, scores
+from .common import cam_file, load_cam, load_trained, save_cam
+
+
+def evaluate_cams(ctx, names) -> dict:
+    """CAM-label mIoU at the configured background threshold and over the sweep; the best threshold wins."""
+    ds = ctx.train_set
+    thresholds = sorted(set(ctx.cfg.eval.cam_sweep) | {ctx.cfg.eval.cam_bg_threshold})
+    k = ds.num_classes + 1
+    conf = np.zeros((len(thresholds), k, k + 1), dtype=np.int64)
+    for name in ctx.progress(names, desc="CAM mIoU sweep"):
+        keys, maps = load_cam(ctx.run_dir, name)
+        conf += cam_sweep(maps, keys, ds.load_mask(name), thresholds, k)
+    per = [scores(c, ds.label_names) for c in conf]
+    best = int(np.argmax([p["miou"] for p in per]))
+    default = thresholds.index(ctx.cfg.eval.cam_bg_threshold)
+    result = dict(per[best])
+    result.update(threshold=thresholds[best], miou_at_default=per[default]["miou"],
+                  default_threshold=thresholds[default],
+                  sweep={f"{t:g}": round(p["miou"], 2) for t, p in zip(thresholds, per)})
+    return result
+
+
+def run(ctx) -> dict:
+    """Write ``cam/{name}.npz`` for every training image; score CAM labels when masks exist."""
+    cfg = ctx.cfg.cam
+    ds = ctx.train_set
+    model = load_trained(build_classifier(cfg, ds.num_classes), ctx.path("classifier", "final.pt"),
+                         ctx.device, "train_cam")
+    mean, std = model.backbone.mean, model.backbone.std
+
+    def work(name: str) -> None:
+        image = normalize_image(ds.load_image(name), mean, std)
+        cams = multiscale_cam(model, image, cfg.scales, cfg.flip, batched=cfg.batch_scales)
+        keys, maps = normalize_cams(cams, torch.from_numpy(ds.load_labels(name)))
+        save_cam(cam_file(ctx.run_dir, name), keys, maps)
+
+    counts = ctx.map_images(ds.names, lambda n: cam_file(ctx.run_dir, n), work, desc="make_cam")
+    summary = {"images": len(ds), "computed": counts["done"]}
+    if ctx.is_main and cfg.overlays > 0:
+        from ..visualize import save_cam_overlays
+
+        save_cam_overlays(ctx, ds.names[:cfg.overlays])
+    if ctx.is_main and ds.has_masks:
+        result = evaluate_cams(ctx, ds.names)
+        write_json(ctx.path("cam", "metrics.json"), result)
+        summary.update(miou=round(result["miou"], 2), threshold=result["threshold"])
+    return summary

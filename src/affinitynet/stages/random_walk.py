@@ -1,0 +1,95 @@
+"""random_walk: propagate each training image's CAMs with AffinityNet affinities -> pseudo label PNGs.
+
+As in the released code: the image is padded to a multiple of the stride, AffinityNet embeds it, the
+score stack [(1 - max CAM)^alpha, CAMs] is zero-padded and average-pooled to the feature grid,
+propagated (``affinitynet.randomwalk``), upsampled bilinearly, cropped back and argmaxed.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..evaluation import score_label_dir
+from ..io import save_label_png, write_json
+from ..models import build_affinitynet
+from ..ops.cam import cam_scores_with_bg, normalize_image
+from ..randomwalk import pair_affinity, pair_indices, propagate_with_affinity
+from .common import load_cam, load_trained
+
+STRIDE = 8
+
+
+def pseudo_label_file(run_dir: Path, name: str) -> Path:
+    """``RUN_DIR/pseudo_labels/{name}.png``."""
+    return Path(run_dir) / "pseudo_labels" / f"{name}.png"
+
+
+def walk_scores(model, image: np.ndarray, keys: np.ndarray, maps: np.ndarray, cfg, device) -> torch.Tensor:
+    """(H, W, 3) image, (C',) ids, (C', H, W) CAMs -> (1 + C', H, W) propagated scores (bg first)."""
+    h, w = image.shape[:2]
+    gh, gw = -(-h // STRIDE), -(-w // STRIDE)
+    pad = (0, gw * STRIDE - w, 0, gh * STRIDE - h)
+    x = F.pad(normalize_image(image, model.backbone.mean, model.backbone.std), pad).unsqueeze(0).to(device)
+    scores = cam_scores_with_bg(torch.from_numpy(maps), cfg.alpha)
+    scores = F.avg_pool2d(F.pad(scores, pad).unsqueeze(0), STRIDE, STRIDE).to(device)
+    with torch.inference_mode():
+        feat = model(x)
+        idx_from, idx_to = pair_indices(gh, gw, cfg.radius, reference=cfg.reference_pairs, device=device)
+        aff = pair_affinity(feat, idx_from, idx_to)
+        out = propagate_with_affinity(scores, aff, gh, gw, cfg.radius, beta=cfg.beta, logt=cfg.logt,
+                                      reference_pairs=cfg.reference_pairs)
+        out = F.interpolate(out, size=(gh * STRIDE, gw * STRIDE), mode="bilinear", align_corners=False)
+    return out[0, :, :h, :w].cpu()
+
+
+def scores_to_label(scores: torch.Tensor, keys: np.ndarray) -> np.ndarray:
+    """(1 + C', H, W) scores, (C',) class ids -> (H, W) uint8 class-id map."""
+    lut = np.concatenate([[0], keys]).astype(np.uint8)
+    return lut[scores.argmax(0).numpy()]
+
+
+@dataclass
+class _Walker:
+    """Picklable per-image work: loads AffinityNet once per process."""
+
+    dataset: object
+    run_dir: Path
+    cfg: object  # Config
+    device: torch.device
+    _model: object = field(default=None, repr=False)
+
+    def model(self):
+        if self._model is None:
+            net = build_affinitynet(self.cfg.affinitynet)
+            self._model = load_trained(net, self.run_dir / "affinitynet" / "final.pt", self.device,
+                                       "train_affinitynet")
+        return self._model
+
+    def __call__(self, name: str) -> None:
+        image = self.dataset.load_image(name)
+        keys, maps = load_cam(self.run_dir, name)
+        scores = walk_scores(self.model(), image, keys, maps, self.cfg.random_walk, self.device)
+        if self.cfg.random_walk.crf:
+            from ..ops.crf import dense_crf
+
+            scores = torch.from_numpy(dense_crf(image, scores.clamp_min(0).numpy()))
+        save_label_png(pseudo_label_file(self.run_dir, name), scores_to_label(scores, keys))
+
+
+def run(ctx) -> dict:
+    """Write ``pseudo_labels/{name}.png`` for every training image; score them when masks exist."""
+    ds = ctx.train_set
+    walker = _Walker(ds, ctx.run_dir, ctx.cfg, ctx.device)
+    workers = ctx.cfg.random_walk.workers if ctx.device.type == "cpu" else 1
+    counts = ctx.map_images(ds.names, lambda n: pseudo_label_file(ctx.run_dir, n), walker,
+                            desc="random_walk", workers=workers)
+    summary = {"images": len(ds), "computed": counts["done"]}
+    if ctx.is_main and ds.has_masks:
+        result = score_label_dir(ctx.path("pseudo_labels"), ds, progress=ctx.progress, desc="pseudo-label mIoU")
+        write_json(ctx.path("pseudo_labels", "metrics.json"), result)
+        summary["miou"] = round(result["miou"], 2)
+    return summary

@@ -1,0 +1,118 @@
+"""segment: the trained segmentation network on an evaluation split (multi-scale + flip, optional CRF).
+
+Also ``predict_images`` behind ``affinitynet predict``: masks for a user's own images from a checkpoint,
+as palette PNGs, or in the layout of the VOC evaluation server (``--format voc-test``).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..errors import DataError
+from ..evaluation import score_label_dir
+from ..io import load_image, save_label_png, write_json
+from ..models import build_deeplab
+from ..ops.cam import normalize_image
+from ..ops.inference import multiscale_predict
+from .common import load_trained
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+
+
+def predict_label(model, image: np.ndarray, device, *, scales=(1.0,), flip=False, crf=False) -> np.ndarray:
+    """(H, W, 3) uint8 image -> (H, W) uint8 class ids from the segmentation network."""
+    x = normalize_image(image, model.backbone.mean, model.backbone.std).to(device)
+    with torch.inference_mode():
+        prob = multiscale_predict(model, x, scales, flip).float().cpu()
+    if crf:
+        from ..ops.crf import dense_crf
+
+        prob = torch.from_numpy(dense_crf(image, prob.numpy()))
+    return prob.argmax(0).numpy().astype(np.uint8)
+
+
+def eval_split(ctx) -> str:
+    """The dataset split ``segmentation.split`` names: ``val``/``train`` mean the data section's splits."""
+    s = ctx.cfg.segmentation.split
+    return {"val": ctx.cfg.data.val_split, "train": ctx.cfg.data.train_split}.get(s, s)
+
+
+@dataclass
+class _Segmenter:
+    dataset: object
+    out_dir: Path
+    model_path: Path
+    cfg: object  # Config
+    device: torch.device
+    _model: object = field(default=None, repr=False)
+
+    def __call__(self, name: str) -> None:
+        c = self.cfg.segmentation
+        if self._model is None:
+            net = build_deeplab(c, self.dataset.num_classes + 1)
+            self._model = load_trained(net, self.model_path, self.device, "train_segmentation")
+        label = predict_label(self._model, self.dataset.load_image(name), self.device, scales=c.test_scales,
+                              flip=c.test_flip, crf=c.crf)
+        save_label_png(self.out_dir / f"{name}.png", label)
+
+
+def run(ctx) -> dict:
+    """Write ``predictions/{name}.png`` for the evaluation split; score them when masks exist."""
+    split = eval_split(ctx)
+    ds = ctx.dataset(split)
+    out_dir = ctx.path("predictions")
+    work = _Segmenter(ds, out_dir, ctx.path("segmentation", "final.pt"), ctx.cfg, ctx.device)
+    counts = ctx.map_images(ds.names, lambda n: out_dir / f"{n}.png", work, desc=f"segment {split}")
+    summary = {"split": split, "images": len(ds), "computed": counts["done"]}
+    if ctx.is_main and ds.has_masks:
+        result = score_label_dir(out_dir, ds, progress=ctx.progress, desc="segmentation mIoU")
+        result["split"] = split
+        write_json(out_dir / "metrics.json", result)
+        summary["miou"] = round(result["miou"], 2)
+    return summary
+
+
+def _expand(paths) -> list[Path]:
+    files = []
+    for p in paths:
+        p = Path(p)
+        if p.is_dir():
+            files += sorted(q for q in p.iterdir() if q.suffix.lower() in IMAGE_SUFFIXES)
+        elif p.exists():
+            files.append(p)
+        else:
+            raise DataError(p, "image file not found")
+    return files
+
+
+def predict_images(checkpoint: Path, images, out: Path, *, device="auto", scales=(1.0,), flip=False, crf=False,
+                   fmt: str = "png") -> list[Path]:
+    """Segment image files (or folders of them) with a ``segmentation/final.pt`` checkpoint -> palette PNGs."""
+    from ..config import from_dict
+    from ..dist import resolve_device
+    from ..engine import load_checkpoint
+    from ..models import deeplab_num_classes
+
+    dev = resolve_device(device)
+    ckpt = load_checkpoint(checkpoint, map_location="cpu")
+    if "config" not in ckpt or "model" not in ckpt:
+        raise DataError(checkpoint, "not a segmentation checkpoint of this project (no model/config inside)")
+    cfg = from_dict(ckpt["config"], where=str(checkpoint))
+    model = load_trained(build_deeplab(cfg.segmentation, deeplab_num_classes(ckpt["model"])), checkpoint, dev,
+                         "train_segmentation")
+    out = Path(out)
+    if fmt == "voc-test":
+        out = out / "results" / "VOC2012" / "Segmentation" / "comp6_test_cls"
+    written = []
+    from ..runs import progress
+
+    for path in progress(_expand(images), desc="predict"):
+        label = predict_label(model, load_image(path), dev, scales=scales, flip=flip, crf=crf)
+        target = out / f"{path.stem}.png"
+        save_label_png(target, label)
+        written.append(target)
+    print(f"wrote {len(written)} masks to {out}")
+    return written

@@ -1,0 +1,90 @@
+"""train_affinitynet: learn pixel affinities from the confident regions.
+
+Each batch: augment image and affinity label map jointly, crop, pool the labels to the stride-8 grid
+(``pool_label_map``), label every pair within the radius as background-positive / foreground-positive /
+negative, and minimise bg/4 + fg/4 + neg/2 of -log a, -log a, -log(1 - a). After each epoch the
+average precision of the predicted affinities on held-out images (pairs labelled from their masks)
+says how well they separate same-class from different-class pairs.
+"""
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..data.transforms import LabelMapSet, TrainTransform
+from ..io import load_label_png, write_json
+from ..models import build_affinitynet
+from ..ops.affinity import affinity_loss, pair_affinity
+from ..ops.cam import normalize_image
+from ..ops.confident import pool_label_map
+from ..ops.metrics import average_precision
+from ..ops.pairs import pair_indices, pair_labels
+from .common import require, train_network
+
+STRIDE = 8
+VAL_IMAGES = 200  # held-out images scored after each epoch
+
+
+def _affinity_label(run_dir: Path, name: str) -> np.ndarray:
+    return load_label_png(Path(run_dir) / "affinity_labels" / f"{name}.png")
+
+
+def affinity_batch_loss(model, batch, device, *, radius: int, num_classes: int):
+    """Affinity loss of one batch: images (B, 3, S, S), label maps (B, S, S) with 255 ignore."""
+    x, label = batch
+    feat = model(x.to(device, non_blocking=True))
+    h, w = feat.shape[-2:]
+    grid = pool_label_map(label.to(device), num_classes, STRIDE)[..., :h, :w]
+    idx_from, idx_to = pair_indices(h, w, radius, device=feat.device)
+    bg_pos, fg_pos, neg = pair_labels(grid, idx_from, idx_to)
+    loss, parts = affinity_loss(pair_affinity(feat, idx_from, idx_to), bg_pos, fg_pos, neg)
+    return loss, parts
+
+
+@torch.no_grad()
+def affinity_ap(model, dataset, device, radius: int, limit: int = VAL_IMAGES) -> dict:
+    """AP (%) of predicted affinities for same-label vs different-label pairs, labels pooled from the masks."""
+    model.eval()
+    scores, positive = [], []
+    for name in dataset.names[:limit]:
+        image = dataset.load_image(name)
+        h, w = image.shape[:2]
+        gh, gw = -(-h // STRIDE), -(-w // STRIDE)
+        pad = (0, gw * STRIDE - w, 0, gh * STRIDE - h)
+        x = F.pad(normalize_image(image, model.backbone.mean, model.backbone.std), pad).unsqueeze(0)
+        feat = model(x.to(device))
+        mask = torch.from_numpy(np.pad(dataset.load_mask(name), ((0, pad[3]), (0, pad[1])), constant_values=255))
+        grid = pool_label_map(mask.long(), dataset.num_classes + 1, STRIDE)
+        idx_from, idx_to = pair_indices(gh, gw, radius, device=feat.device)
+        bg_pos, fg_pos, neg = pair_labels(grid.to(feat.device), idx_from, idx_to)
+        aff = pair_affinity(feat, idx_from, idx_to).reshape(-1)
+        keep = (bg_pos | fg_pos | neg).reshape(-1)
+        scores.append(aff[keep].cpu())
+        positive.append((bg_pos | fg_pos).reshape(-1)[keep].cpu())
+    s, p = torch.cat(scores).numpy(), torch.cat(positive).numpy()
+    return {"ap": 100.0 * average_precision(s, p), "positive_pairs": int(p.sum()), "negative_pairs": int((~p).sum())}
+
+
+def run(ctx) -> dict:
+    """Train AffinityNet into ``affinitynet/`` (resumes from ``affinitynet/last.pt``)."""
+    cfg = ctx.cfg.affinitynet
+    ds = ctx.train_set
+    for name in ds.names[:1]:
+        require(ctx.run_dir / "affinity_labels" / f"{name}.png", "make_affinity_labels")
+    model = build_affinitynet(cfg)
+    data = LabelMapSet(ds, ds.names, functools.partial(_affinity_label, ctx.run_dir),
+                       TrainTransform("aff", cfg, model.backbone.mean, model.backbone.std), seed=ctx.cfg.runtime.seed)
+    loss_fn = functools.partial(affinity_batch_loss, radius=cfg.radius, num_classes=ds.num_classes + 1)
+    val = ctx.val_set
+    validate = (lambda m: affinity_ap(m, val, ctx.device, cfg.radius)) if val.has_masks and len(val) else None
+    result = train_network(ctx, model, cfg, data, loss_fn, "affinitynet", validate=validate)
+    summary = {"loss": round(result["final_loss"], 4)}
+    if ctx.is_main and validate is not None:
+        metrics = affinity_ap(model, val, ctx.device, cfg.radius)
+        write_json(ctx.path("affinitynet", "metrics.json"), metrics)
+        summary["ap"] = round(metrics["ap"], 2)
+    return summary

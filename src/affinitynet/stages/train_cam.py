@@ -1,0 +1,62 @@
+"""train_cam: the classification network whose class activation maps seed everything else.
+
+Multi-label soft margin loss, SGD with poly decay and the x1/x2/x10/x20 learning-rate groups,
+augmentation: random resize of the long side, flip, colour jitter, random crop. Validation loss and
+classification mAP are logged after every epoch.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..data.transforms import ClassificationSet, TrainTransform
+from ..io import write_json
+from ..models import build_classifier
+from ..ops.cam import normalize_image
+from ..ops.metrics import average_precision
+from .common import train_network
+
+VAL_IMAGES = 500  # validation after each epoch looks at no more than this many images
+
+
+def classification_loss(model, batch, device):
+    """Multi-label soft margin loss of one batch: images (B, 3, S, S), tags (B, C)."""
+    x, y = batch
+    loss = F.multilabel_soft_margin_loss(model(x.to(device, non_blocking=True)), y.to(device))
+    return loss, {"loss": loss.item()}
+
+
+@torch.no_grad()
+def classification_metrics(model, dataset, device, limit: int = VAL_IMAGES) -> dict:
+    """Validation loss and mAP (%) over up to ``limit`` images at full size, one image at a time."""
+    model.eval()
+    names = dataset.names[:limit]
+    logits, tags = [], []
+    for name in names:
+        x = normalize_image(dataset.load_image(name), model.backbone.mean, model.backbone.std)
+        logits.append(model(x.unsqueeze(0).to(device))[0].float().cpu())
+        tags.append(torch.from_numpy(dataset.load_labels(name)))
+    logits, tags = torch.stack(logits), torch.stack(tags)
+    loss = F.multilabel_soft_margin_loss(logits, tags).item()
+    aps = [average_precision(logits[:, c].numpy(), tags[:, c].numpy() > 0)
+           for c in range(tags.shape[1]) if tags[:, c].any()]
+    return {"val_loss": loss, "map": 100.0 * float(np.mean(aps)) if aps else float("nan")}
+
+
+def run(ctx) -> dict:
+    """Train the classifier into ``classifier/`` (resumes from ``classifier/last.pt``)."""
+    cfg = ctx.cfg.cam
+    ds = ctx.train_set
+    model = build_classifier(cfg, ds.num_classes)
+    data = ClassificationSet(ds, TrainTransform("cls", cfg, model.backbone.mean, model.backbone.std),
+                             seed=ctx.cfg.runtime.seed)
+    val = ctx.val_set
+    validate = (lambda m: classification_metrics(m, val, ctx.device)) if len(val) else None
+    result = train_network(ctx, model, cfg, data, classification_loss, "classifier", validate=validate)
+    summary = {"loss": round(result["final_loss"], 4)}
+    if ctx.is_main and validate is not None:
+        metrics = classification_metrics(model, val, ctx.device)
+        write_json(ctx.path("classifier", "metrics.json"), metrics)
+        summary["map"] = round(metrics["map"], 2)
+    return summary

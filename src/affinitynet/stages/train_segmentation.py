@@ -1,0 +1,90 @@
+"""train_segmentation: the DeepLab-style network trained on this run's pseudo labels (or any label folder).
+
+``segmentation.labels``: ``pseudo`` (``RUN_DIR/pseudo_labels``), ``gt`` (the dataset's masks: the fully
+supervised upper bound), or a folder of palette PNGs. Cross-entropy ignoring 255; poly LR with the head
+at x10; random scale, flip, crop. Validation mIoU (single scale) after each epoch.
+"""
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..data.transforms import LabelMapSet, TrainTransform
+from ..errors import ConfigError
+from ..io import load_label_png, write_json
+from ..models import build_deeplab
+from ..ops.cam import normalize_image
+from ..ops.inference import multiscale_predict
+from ..ops.metrics import confusion_matrix, scores
+from .common import require, train_network
+
+VAL_IMAGES = 500
+
+
+def segmentation_loss(model, batch, device):
+    """Cross-entropy (255 ignored) of logits upsampled to the crop: images (B, 3, S, S), labels (B, S, S)."""
+    x, label = batch
+    logits = model(x.to(device, non_blocking=True))
+    logits = F.interpolate(logits, size=label.shape[-2:], mode="bilinear", align_corners=False)
+    loss = F.cross_entropy(logits, label.to(device), ignore_index=255)
+    return loss, {"loss": loss.item()}
+
+
+def _label_from_dir(folder: Path, name: str) -> np.ndarray:
+    return load_label_png(Path(folder) / f"{name}.png")
+
+
+def _label_from_mask(dataset, name: str) -> np.ndarray:
+    return dataset.load_mask(name)
+
+
+def label_source(ctx, dataset):
+    """``label_fn(name) -> (H, W) uint8`` for the configured training labels."""
+    choice = ctx.cfg.segmentation.labels
+    if choice == "gt":
+        if not dataset.has_masks:
+            raise ConfigError("segmentation.labels=gt needs ground-truth masks, and the training split has none")
+        return functools.partial(_label_from_mask, dataset)
+    folder = ctx.path("pseudo_labels") if choice == "pseudo" else Path(choice)
+    if not folder.is_dir():
+        raise ConfigError(f"segmentation.labels: {folder} is not a folder of label PNGs"
+                          + (" (run the random_walk stage first)" if choice == "pseudo" else ""))
+    for name in dataset.names[:1]:
+        require(folder / f"{name}.png", "random_walk")
+    return functools.partial(_label_from_dir, folder)
+
+
+@torch.no_grad()
+def segmentation_miou(model, dataset, device, *, scales=(1.0,), flip=False, limit: int = VAL_IMAGES) -> dict:
+    """mIoU (%) of the network's predictions on up to ``limit`` images of ``dataset``."""
+    model.eval()
+    k = dataset.num_classes + 1
+    conf = np.zeros((k, k + 1), dtype=np.int64)  # last column: predictions of 255 (misses)
+    for name in dataset.names[:limit]:
+        x = normalize_image(dataset.load_image(name), model.backbone.mean, model.backbone.std).to(device)
+        pred = multiscale_predict(model, x, scales, flip).argmax(0).cpu().numpy()
+        conf += confusion_matrix(pred, dataset.load_mask(name), k)
+    return scores(conf, dataset.label_names)
+
+
+def run(ctx) -> dict:
+    """Train the segmentation network into ``segmentation/`` (resumes from ``segmentation/last.pt``)."""
+    cfg = ctx.cfg.segmentation
+    ds = ctx.train_set
+    model = build_deeplab(cfg, ds.num_classes + 1)
+    data = LabelMapSet(ds, ds.names, label_source(ctx, ds),
+                       TrainTransform("seg", cfg, model.backbone.mean, model.backbone.std), seed=ctx.cfg.runtime.seed)
+    val = ctx.val_set
+    validate = None
+    if val.has_masks and len(val):
+        validate = lambda m: {"miou": segmentation_miou(m, val, ctx.device)["miou"]}  # noqa: E731
+    result = train_network(ctx, model, cfg, data, segmentation_loss, "segmentation", validate=validate)
+    summary = {"loss": round(result["final_loss"], 4)}
+    if ctx.is_main and validate is not None:
+        summary["val_miou_single_scale"] = round(validate(model)["miou"], 2)
+        write_json(ctx.path("segmentation", "metrics.json"), summary)
+    return summary
