@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import sys
 from pathlib import Path
 
@@ -169,6 +170,14 @@ def main(argv=None) -> int:
         if args.debug:
             raise
         print(f"affinitynet: error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # disk full, permission denied, ...: the file and the reason, no traceback
+        if args.debug:
+            raise
+        where = f"{e.filename}: " if e.filename else ""
+        hint = ("; free some space and re-run the same command to resume (finished work is kept)"
+                if e.errno == errno.ENOSPC else "")
+        print(f"affinitynet: error: {where}{e.strerror or e}{hint}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("affinitynet: interrupted; finished work is kept, re-run the same command to resume", file=sys.stderr)

@@ -24,9 +24,11 @@ def atomic_path(path: str | os.PathLike):
     try:
         yield Path(tmp)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        if isinstance(e, OSError) and e.errno is not None and e.filename != str(path):
+            raise OSError(e.errno, e.strerror or str(e), str(path)) from e  # name the file, not the temp file
         raise
 
 

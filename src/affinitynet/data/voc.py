@@ -20,6 +20,8 @@ LABEL_SOURCES = ("auto", "xml", "masks")
 def find_voc_root(root) -> Path:
     """The folder holding ``JPEGImages``: ``root`` itself, ``root/VOC2012`` or ``root/VOCdevkit/VOC2012``."""
     root = Path(root)
+    if not root.exists():
+        raise DataError(root, "dataset root not found (data.root)")
     for cand in (root, root / "VOC2012", root / "VOCdevkit" / "VOC2012"):
         if (cand / "JPEGImages").is_dir():
             return cand

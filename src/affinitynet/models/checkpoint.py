@@ -31,8 +31,8 @@ def read_state_dict(path) -> dict[str, torch.Tensor]:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # truncated zip, pickle of foreign objects, not a torch file at all
-        detail = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise DataError(path, f"cannot read checkpoint ({type(e).__name__}: {detail})") from None
+        detail = str(e).strip().splitlines()[0].split(". ")[0] if str(e).strip() else type(e).__name__
+        raise DataError(path, f"cannot read checkpoint, the file is truncated or corrupt ({detail})") from None
     if isinstance(obj, dict):
         for key in ("model", "state_dict"):
             if isinstance(obj.get(key), dict):

@@ -62,7 +62,8 @@ def pair_indices(
     if h < 1 or w < 1:
         raise ValueError(f"grid must be at least 1x1, got {h}x{w}")
     build = _reference_pairs if reference else _full_pairs
-    idx_from, idx_to = build(int(h), int(w), int(radius))
+    with torch.inference_mode(False):  # cached: an inference tensor made under inference_mode would break training
+        idx_from, idx_to = build(int(h), int(w), int(radius))
     if device is not None:
         idx_from, idx_to = idx_from.to(device), idx_to.to(device)
     return idx_from, idx_to

@@ -101,7 +101,7 @@ def predict_images(checkpoint: Path, images, out: Path, *, device="auto", scales
     if "config" not in ckpt or "model" not in ckpt:
         raise DataError(checkpoint, "not a segmentation checkpoint of this project (no model/config inside)")
     cfg = from_dict(ckpt["config"], where=str(checkpoint))
-    model = load_trained(build_deeplab(cfg.segmentation, deeplab_num_classes(ckpt["model"])), checkpoint, dev,
+    model = load_trained(build_deeplab(cfg.segmentation, deeplab_num_classes(ckpt["model"], checkpoint)), checkpoint, dev,
                          "train_segmentation")
     out = Path(out)
     if fmt == "voc-test":
