@@ -4,6 +4,7 @@ Every helper is a no-op in a single process, so the same code runs with and with
 """
 from __future__ import annotations
 
+import datetime
 import os
 import random
 from dataclasses import dataclass
@@ -14,14 +15,18 @@ import torch.distributed as dist
 
 from .errors import ConfigError
 
+COLLECTIVE_TIMEOUT_MIN = 60  # how long a process waits in a barrier / collective before the job fails
+
 
 @dataclass(frozen=True)
 class DistInfo:
-    """Where this process sits in the job: ``rank`` of ``world_size``, GPU index ``local_rank`` on its machine."""
+    """Where this process sits in the job: ``rank`` of ``world_size``, GPU index ``local_rank`` on its machine,
+    which runs ``local_world_size`` processes of the job."""
 
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
+    local_world_size: int = 1
 
     @property
     def is_main(self) -> bool:
@@ -70,20 +75,41 @@ def resolve_device(spec: str, local_rank: int = 0) -> torch.device:
 def init_distributed(device_str: str = "auto") -> DistInfo:
     """Join the process group described by torchrun's RANK/WORLD_SIZE/LOCAL_RANK (world size 1 without them)."""
     if dist.is_available() and dist.is_initialized():
-        return DistInfo(dist.get_rank(), dist.get_world_size(), _env_int("LOCAL_RANK", 0))
+        world = dist.get_world_size()
+        return DistInfo(dist.get_rank(), world, _env_int("LOCAL_RANK", 0), _env_int("LOCAL_WORLD_SIZE", world))
     world_size = _env_int("WORLD_SIZE", 1)
     rank = _env_int("RANK", 0)
     local_rank = _env_int("LOCAL_RANK", 0)
     if world_size <= 1:
-        return DistInfo(0, 1, local_rank)
+        return DistInfo(0, 1, local_rank, 1)
     if not 0 <= rank < world_size:
         raise ConfigError(f"RANK={rank} is outside WORLD_SIZE={world_size}")
     device = resolve_device(device_str, local_rank)
     backend = "nccl" if device.type == "cuda" else "gloo"
     if device.type == "cuda":
         torch.cuda.set_device(device)
-    dist.init_process_group(backend=backend, init_method="env://", rank=rank, world_size=world_size)
-    return DistInfo(rank, world_size, local_rank)
+    # rank 0 alone scores and reports between stages while the others wait in a collective: allow it an hour
+    dist.init_process_group(backend=backend, init_method="env://", rank=rank, world_size=world_size,
+                            timeout=datetime.timedelta(minutes=COLLECTIVE_TIMEOUT_MIN))
+    return DistInfo(rank, world_size, local_rank, _env_int("LOCAL_WORLD_SIZE", world_size))
+
+
+def available_cores() -> int:
+    """CPU cores this process may run on (its affinity mask where the OS has one)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # macOS, Windows
+        return max(1, os.cpu_count() or 1)
+
+
+def threads_per_process(requested: int, local_world_size: int = 1, cores: int | None = None) -> int:
+    """Torch intra-op threads for one process: ``requested`` if > 0, else the machine's cores shared
+    evenly by the ``local_world_size`` processes of the job on it (at least 1); 0 alone keeps torch's default."""
+    if requested > 0:
+        return int(requested)
+    if local_world_size <= 1:
+        return 0
+    return max(1, (cores or available_cores()) // int(local_world_size))
 
 
 def is_initialized() -> bool:
@@ -119,6 +145,15 @@ def broadcast_object(obj, src: int = 0):
     box = [obj]
     dist.broadcast_object_list(box, src=src)
     return box[0]
+
+
+def all_gather_object(obj) -> list:
+    """Every process gets the list of all processes' picklable ``obj``, in rank order (``[obj]`` alone)."""
+    if not (is_initialized() and dist.get_world_size() > 1):
+        return [obj]
+    out = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
 
 
 def cleanup() -> None:

@@ -108,7 +108,7 @@ def load_checkpoint(path, map_location="cpu") -> dict:
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # torch raises RuntimeError, EOFError, UnpicklingError... for damaged files
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        first = str(e).strip().splitlines()[0].split(". ")[0] if str(e).strip() else type(e).__name__
         raise DataError(path, f"cannot read checkpoint, the file is truncated or corrupt ({first})") from None
     if not isinstance(ckpt, dict) or "model" not in ckpt:
         raise DataError(path, "not an affinitynet checkpoint (no 'model' entry)")
@@ -223,6 +223,32 @@ def _mean_over_ranks(sums: dict[str, float], count: int, info: DistInfo, device:
     return dict(zip(keys, t.tolist()))
 
 
+def _sync_buffers(model: nn.Module, info: DistInfo) -> None:
+    """Give every rank rank 0's buffers (BatchNorm running statistics).
+
+    DDP broadcasts rank 0's buffers before each forward pass, so after the last one each rank holds the
+    statistics of its own last batch; parameters are already equal (gradients are averaged).
+    """
+    if not info.distributed:
+        return
+    for buf in model.buffers():
+        torch_dist.broadcast(buf.data, src=0)
+
+
+DUMP_ENV = "AFFINITYNET_DUMP_RANK_WEIGHTS"
+
+
+def _dump_rank_weights(model: nn.Module, info: DistInfo, tag: str) -> None:
+    """Debugging aid: with $AFFINITYNET_DUMP_RANK_WEIGHTS=DIR every rank writes DIR/{tag}.rank{r}.pt."""
+    out = os.environ.get(DUMP_ENV, "")
+    if not out:
+        return
+    Path(out).mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    with atomic_path(Path(out) / f"{tag}.rank{info.rank}.pt") as tmp:
+        torch.save(state, tmp)
+
+
 def fit(model: nn.Module, loss_fn: Callable, dataset, *, optimizer: torch.optim.Optimizer, epochs: int,
         batch_size: int, ckpt_dir, device, poly_power: float = 0.9, dist_info: DistInfo | None = None,
         seed: int = 0, num_workers: int = 0, progress: bool = False, log_every: int = 20,
@@ -253,10 +279,16 @@ def fit(model: nn.Module, loss_fn: Callable, dataset, *, optimizer: torch.optim.
         raise StageError(f"{len(dataset)} training samples make no full batch of {batch_size} "
                          f"on each of {info.world_size} process(es); lower batch_size")
     scheduler = PolyLR(optimizer, steps_per_epoch * epochs, poly_power)
+    if info.distributed:
+        log.info("%d processes x batch %d = effective batch %d; %d iterations per epoch",
+                 info.world_size, batch_size, info.world_size * batch_size, steps_per_epoch)
 
     start_epoch, step, time_before, last_loss, resumed_from, rng_states = 0, 0, 0.0, float("nan"), None, None
     if last_path.is_file():
-        ckpt = load_checkpoint(last_path, map_location="cpu")
+        try:
+            ckpt = load_checkpoint(last_path, map_location="cpu")
+        except DataError as e:
+            raise DataError(last_path, f"{e.problem}; delete it to restart this training from epoch 1") from None
         saved_max = (ckpt.get("scheduler") or {}).get("max_step")
         if saved_max != scheduler.max_step:
             raise StageError(f"{last_path} was written for a {saved_max}-iteration schedule but this run has "
@@ -303,7 +335,8 @@ def fit(model: nn.Module, loss_fn: Callable, dataset, *, optimizer: torch.optim.
                 kept = f"last good checkpoint kept at {last_path}" if last_path.is_file() else \
                     "no checkpoint was written yet (one is written after each epoch)"
                 what = "NaN" if not np.isinf(loss_value) else "infinite"
-                raise StageError(f"loss became {what} at epoch {epoch} step {step + 1}; {kept}")
+                raise StageError(f"loss became {what} at epoch {epoch} step {step + 1}; {kept}; lower the "
+                                 f"learning rate (now {optimizer.param_groups[0]['lr']:.3g}) and re-run")
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -340,9 +373,11 @@ def fit(model: nn.Module, loss_fn: Callable, dataset, *, optimizer: torch.optim.
         barrier()
 
     elapsed = time_before + time.time() - t0
+    _sync_buffers(unwrap(model), info)
     if info.is_main:
         save_checkpoint(final_path, model=model, epoch=epochs, step=step, config=config,
                         extra={"loss": last_loss, "time_s": elapsed})
+    _dump_rank_weights(unwrap(model), info, ckpt_dir.name)
     barrier()
     return {"final_loss": last_loss, "epochs": epochs, "steps": step, "time_s": elapsed,
             "resumed_from_epoch": resumed_from, "last": str(last_path), "final": str(final_path),

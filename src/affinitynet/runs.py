@@ -79,6 +79,7 @@ class StageContext:
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
+    local_world_size: int = 1  # processes of this job on this machine (they share its cores)
     stage: str = ""
     _datasets: dict = field(default_factory=dict, repr=False)
 
@@ -115,15 +116,25 @@ class StageContext:
         """Run ``work(name)`` for every image whose output file is missing: resumable and sharded by rank.
 
         ``work`` writes ``output_of(name)`` atomically. With ``workers > 1`` a process pool runs it
-        (``work`` must then be picklable). Returns counts of done / skipped images for this rank.
+        (``work`` must then be picklable); each rank gets its own pool, capped at this machine's cores
+        divided by the job's processes on it. Every rank checks that all images (not just its shard)
+        have their output before the stage may finish. Returns counts of done / skipped images over all ranks.
         """
-        from .dist import barrier, shard
+        from .dist import all_gather_object, available_cores, barrier, shard
 
+        if workers > 1:
+            share = max(1, available_cores() // max(1, self.local_world_size))
+            if workers > share:
+                if self.is_main:
+                    self.log.info(f"  {desc}: {workers} workers per process capped at {share} "
+                                  f"({available_cores()} cores / {self.local_world_size} process(es) on this machine)")
+                workers = share
         mine = shard(list(names), self.rank, self.world_size)
         todo = [n for n in mine if not output_of(n).exists()]
-        skipped = len(mine) - len(todo)
+        done = sum(all_gather_object(len(todo)))
+        skipped = len(names) - done
         if skipped and self.is_main:
-            self.log.info(f"  {desc}: {skipped} of {len(mine)} images already done, resuming")
+            self.log.info(f"  {desc}: {skipped} of {len(names)} images already done, resuming")
         if workers > 1 and len(todo) > 1:
             # spawn, not fork: a forked child of a process that already ran OpenMP/CUDA work can hang
             with mp.get_context("spawn").Pool(workers, initializer=torch.set_num_threads, initargs=(1,)) as pool:
@@ -137,7 +148,7 @@ class StageContext:
         if missing:
             raise StageError(f"{desc}: {len(missing)} outputs missing after the stage ran "
                              f"(first: {output_of(missing[0])}); re-run to resume")
-        return {"done": len(todo), "skipped": skipped}
+        return {"done": done, "skipped": skipped}
 
 
 # ----------------------------------------------------------------------------- manifest
@@ -169,9 +180,17 @@ def _outputs_present(run_dir: Path, spec: StageSpec) -> bool:
     return all((run_dir / o).exists() for o in spec.outputs)
 
 
+def remove_stale_temp_files(run_dir: Path) -> int:
+    """Delete the temporary files (``.NAME.*.tmp*``) a killed process left behind; returns how many."""
+    stale = [p for p in Path(run_dir).rglob(".*.tmp*") if p.is_file()]
+    for p in stale:
+        p.unlink(missing_ok=True)
+    return len(stale)
+
+
 def _clear_outputs(run_dir: Path, spec: StageSpec) -> None:
     for o in spec.outputs:
-        p = run_dir / o
+        p = run_dir / Path(o).parts[0]  # the stage's whole folder: classifier/last.pt must not be resumed from either
         if p.is_dir():
             shutil.rmtree(p)
         elif p.exists():
@@ -212,13 +231,16 @@ def select_stages(start: str | None, stop: str | None) -> list[StageSpec]:
 def run_pipeline(cfg: Config, run_dir: Path, *, start: str | None = None, stop: str | None = None,
                  force: Iterable[str] = (), verbose: bool = True) -> list[StageResult]:
     """Run the selected stages in order, skipping finished ones whose inputs did not change."""
-    from .dist import init_distributed, resolve_device, seed_everything, barrier, broadcast_object
+    from .dist import (available_cores, barrier, broadcast_object, cleanup, init_distributed, is_initialized,
+                       resolve_device, seed_everything, threads_per_process)
 
     run_dir = Path(run_dir)
+    owns_group = not is_initialized()  # a process group joined here is left here once every stage ran
     info = init_distributed(cfg.runtime.device)
     device = resolve_device(cfg.runtime.device, info.local_rank)
-    if cfg.runtime.threads > 0:
-        torch.set_num_threads(cfg.runtime.threads)
+    threads = threads_per_process(cfg.runtime.threads, info.local_world_size)
+    if threads > 0:
+        torch.set_num_threads(threads)
     if info.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
     barrier()
@@ -228,22 +250,33 @@ def run_pipeline(cfg: Config, run_dir: Path, *, start: str | None = None, stop: 
 
     if info.is_main:
         write_text(run_dir / "config.yaml", config_mod.dump(cfg))
+        remove_stale_temp_files(run_dir)
         if cfg.data.kind == "synthetic":
             from .data import ensure_synthetic
 
             ensure_synthetic(cfg.data)
     barrier()
-    log.info(f"run {run_dir}  device={device}  processes={info.world_size}")
+    log.info(f"run {run_dir}  device={device}  processes={info.world_size}  threads={torch.get_num_threads()}")
+    if device.type == "cpu" and torch.get_num_threads() * info.local_world_size > available_cores():
+        log.info(f"note: {info.local_world_size} process(es) x {torch.get_num_threads()} threads on "
+                 f"{available_cores()} cores oversubscribes them; runtime.threads=0 shares the cores out")
 
     ctx = StageContext(cfg=cfg, run_dir=run_dir, device=device, log=log, rank=info.rank,
-                       world_size=info.world_size, local_rank=info.local_rank)
+                       world_size=info.world_size, local_rank=info.local_rank,
+                       local_world_size=info.local_world_size)
     results: list[StageResult] = []
     for spec in selected:
-        manifest = load_manifest(run_dir)  # every rank reads the same file written by rank 0
-        key = _stage_key(cfg, spec, manifest)
-        rec = manifest.get(spec.name, {})
-        finished = (rec.get("status") == "done" and rec.get("key") == key and _outputs_present(run_dir, spec)
-                    and spec.name not in force)
+        # Rank 0 alone reads the manifest and decides; every rank follows that one decision, so ranks can
+        # neither disagree about skipping a stage nor read manifest.json while rank 0 rewrites it.
+        decision = None
+        if info.is_main:
+            manifest = load_manifest(run_dir)
+            key = _stage_key(cfg, spec, manifest)
+            rec = manifest.get(spec.name, {})
+            finished = (rec.get("status") == "done" and rec.get("key") == key and _outputs_present(run_dir, spec)
+                        and spec.name not in force)
+            decision = (key, rec, finished)
+        key, rec, finished = broadcast_object(decision)
         if finished:
             log.info(f"[{spec.name}] finished earlier with the same inputs: skipped")
             results.append(StageResult(spec.name, "skipped", rec.get("seconds", 0.0), rec.get("summary", {})))
@@ -283,6 +316,8 @@ def run_pipeline(cfg: Config, run_dir: Path, *, start: str | None = None, stop: 
         log.info(f"[{spec.name}] done in {seconds:.1f} s")
     if info.is_main:
         _print_table(results, log)
+    if owns_group:
+        cleanup()
     return results
 
 
