@@ -203,3 +203,17 @@ def test_average_precision_equals_brute_force_with_ties():
     expected = brute_force_average_precision(s.flatten().tolist(), pos.flatten().int().tolist())
     assert affinity_average_precision(s, pos) == pytest.approx(expected, abs=1e-12)
     assert affinity_average_precision(s, torch.zeros_like(pos)) == 0.0
+
+
+@pytest.mark.parametrize("h,w,radius", [(16, 16, 5), (7, 5, 3), (13, 9, 5), (3, 20, 4), (1, 6, 2)])
+def test_grid_pair_affinity_equals_gathered_pairs(h, w, radius):
+    from affinitynet.ops.affinity import grid_pair_affinity, pair_affinity
+
+    feat = torch.randn(2, 8, h, w, requires_grad=True)
+    idx_from, idx_to = pair_indices(h, w, radius)
+    a = pair_affinity(feat, idx_from, idx_to)
+    b = grid_pair_affinity(feat, radius)
+    torch.testing.assert_close(b, a)
+    ga, = torch.autograd.grad(a.sum(), feat)
+    gb, = torch.autograd.grad(b.sum(), feat)
+    torch.testing.assert_close(gb, ga)

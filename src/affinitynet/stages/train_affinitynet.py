@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from ..data.transforms import LabelMapSet, TrainTransform
 from ..io import load_label_png, write_json
 from ..models import build_affinitynet
-from ..ops.affinity import affinity_loss, pair_affinity
+from ..ops.affinity import affinity_loss, grid_pair_affinity
 from ..ops.cam import normalize_image
 from ..ops.confident import pool_label_map
 from ..ops.metrics import average_precision
@@ -41,7 +41,7 @@ def affinity_batch_loss(model, batch, device, *, radius: int, num_classes: int):
     grid = pool_label_map(label.to(device), num_classes, STRIDE)[..., :h, :w]
     idx_from, idx_to = pair_indices(h, w, radius, device=feat.device)
     bg_pos, fg_pos, neg = pair_labels(grid, idx_from, idx_to)
-    loss, parts = affinity_loss(pair_affinity(feat, idx_from, idx_to), bg_pos, fg_pos, neg)
+    loss, parts = affinity_loss(grid_pair_affinity(feat, radius), bg_pos, fg_pos, neg)
     return loss, parts
 
 
@@ -61,7 +61,7 @@ def affinity_ap(model, dataset, device, radius: int, limit: int = VAL_IMAGES) ->
         grid = pool_label_map(mask.long(), dataset.num_classes + 1, STRIDE)
         idx_from, idx_to = pair_indices(gh, gw, radius, device=feat.device)
         bg_pos, fg_pos, neg = pair_labels(grid.to(feat.device), idx_from, idx_to)
-        aff = pair_affinity(feat, idx_from, idx_to).reshape(-1)
+        aff = grid_pair_affinity(feat, radius).reshape(-1)
         keep = (bg_pos | fg_pos | neg).reshape(-1)
         scores.append(aff[keep].cpu())
         positive.append((bg_pos | fg_pos).reshape(-1)[keep].cpu())
