@@ -100,6 +100,7 @@ class RandomWalkConfig:
     """Semantic propagation (random_walk)."""
 
     alpha: float = 16.0
+    scale: float = 1.0  # image scale for AffinityNet and the walk (1.0 as in the paper)
     beta: float = 8.0
     logt: int = 8
     radius: int = 5

@@ -31,11 +31,18 @@ def pseudo_label_file(run_dir: Path, name: str) -> Path:
 def walk_scores(model, image: np.ndarray, keys: np.ndarray, maps: np.ndarray, cfg, device) -> torch.Tensor:
     """(H, W, 3) image, (C',) ids, (C', H, W) CAMs -> (1 + C', H, W) propagated scores (bg first)."""
     h, w = image.shape[:2]
-    gh, gw = -(-h // STRIDE), -(-w // STRIDE)
-    pad = (0, gw * STRIDE - w, 0, gh * STRIDE - h)
-    x = F.pad(normalize_image(image, model.backbone.mean, model.backbone.std), pad).unsqueeze(0).to(device)
-    scores = cam_scores_with_bg(torch.from_numpy(maps), cfg.alpha)
-    scores = F.avg_pool2d(F.pad(scores, pad).unsqueeze(0), STRIDE, STRIDE).to(device)
+    sh, sw = max(1, round(h * cfg.scale)), max(1, round(w * cfg.scale))
+    gh, gw = -(-sh // STRIDE), -(-sw // STRIDE)
+    pad = (0, gw * STRIDE - sw, 0, gh * STRIDE - sh)
+
+    def at_scale(x):  # (C, H, W) -> (1, C, gh * STRIDE, gw * STRIDE): resized, zero-padded
+        x = x.unsqueeze(0)
+        if (sh, sw) != (h, w):
+            x = F.interpolate(x, size=(sh, sw), mode="bilinear", align_corners=False)
+        return F.pad(x, pad)
+
+    x = at_scale(normalize_image(image, model.backbone.mean, model.backbone.std)).to(device)
+    scores = F.avg_pool2d(at_scale(cam_scores_with_bg(torch.from_numpy(maps), cfg.alpha)), STRIDE, STRIDE).to(device)
     with torch.inference_mode():
         feat = model(x)
         idx_from, idx_to = pair_indices(gh, gw, cfg.radius, reference=cfg.reference_pairs, device=device)
@@ -43,7 +50,10 @@ def walk_scores(model, image: np.ndarray, keys: np.ndarray, maps: np.ndarray, cf
         out = propagate_with_affinity(scores, aff, gh, gw, cfg.radius, beta=cfg.beta, logt=cfg.logt,
                                       reference_pairs=cfg.reference_pairs)
         out = F.interpolate(out, size=(gh * STRIDE, gw * STRIDE), mode="bilinear", align_corners=False)
-    return out[0, :, :h, :w].cpu()
+        out = out[:, :, :sh, :sw]
+        if (sh, sw) != (h, w):
+            out = F.interpolate(out, size=(h, w), mode="bilinear", align_corners=False)
+    return out[0].cpu()
 
 
 def scores_to_label(scores: torch.Tensor, keys: np.ndarray) -> np.ndarray:
