@@ -28,6 +28,7 @@ BODY_COLOURS = np.array([
     (220, 40, 40), (40, 170, 60), (40, 80, 220), (235, 200, 30), (200, 50, 200),
     (30, 190, 200), (240, 130, 20), (130, 60, 200), (150, 220, 60), (240, 110, 170),
 ], dtype=np.float32)
+BODY_ECHO = 24.0  # amplitude (grey levels) of the faint class pattern over an object's whole body
 MIN_CONTRAST = 90.0  # Euclidean RGB distance between a body colour and the background under it
 SPLITS = ("train", "val")
 
@@ -69,7 +70,7 @@ def _pattern(kind: str, p: int, unit: int, rng: np.random.Generator) -> np.ndarr
 
 def _body_mask(size: int, rng: np.random.Generator) -> tuple[np.ndarray, tuple[slice, slice], tuple]:
     """(size, size) bool body of a random shape family, its bounding window and its (cx, cy, major semi-axis)."""
-    a = size * rng.uniform(0.22, 0.45) / 2
+    a = size * rng.uniform(0.26, 0.48) / 2
     b = a * rng.uniform(0.65, 1.0)
     cx, cy = rng.uniform(0.6 * a, size - 0.6 * a, size=2)
     phi = rng.uniform(0, np.pi)
@@ -154,7 +155,7 @@ def _boundary(inst: np.ndarray) -> np.ndarray:
 def render_image(size: int, classes: int, rng: np.random.Generator) -> dict:
     """One synthetic image: dict(image (S,S,3) uint8, mask (S,S) uint8, part (S,S) bool, objects [dict])."""
     names = class_names(classes)
-    unit = max(2, round(3 * size / 128))
+    unit = max(2, round(4 * size / 128))
     img = _background(size, rng)
     inst = np.zeros((size, size), dtype=np.int16)  # object instance ids (distractors stay 0)
     cls = np.zeros((size, size), dtype=np.uint8)
@@ -174,7 +175,7 @@ def render_image(size: int, classes: int, rng: np.random.Generator) -> dict:
                 continue
             if any((body & m).sum() > 0.15 * min(area, int(m.sum())) for m in occupied):
                 continue
-            p = int(max(6, round(size * rng.uniform(0.075, 0.105))))
+            p = int(max(6, round(size * rng.uniform(0.12, 0.16))))
             spots = np.argwhere(_fits(body[ys, xs], p + 2)) + (ys.start, xs.start)  # part + 1 px margin
             if len(spots) == 0:
                 continue
@@ -195,6 +196,10 @@ def render_image(size: int, classes: int, rng: np.random.Generator) -> dict:
         obj = {"kind": kind, "bbox": [int(xx.min()), int(yy.min()), int(xx.max()), int(yy.max())]}
         if kind == "object":
             c = int(rng.integers(classes))
+            # a faint echo of the class pattern over the whole body: weak evidence, like the fur of a cat
+            # beside its face, so the CAM is low but not zero there
+            echo = _pattern(names[c], size, unit, rng)[yy, xx]
+            img[yy, xx] += BODY_ECHO * np.where(echo, 1.0, -1.0)[:, None]
             pat = _pattern(names[c], p, unit, rng)
             dark, light = rng.uniform(0, 45), rng.uniform(210, 255)
             patch = np.where(pat, light, dark)[..., None] + rng.normal(0, 5, (p, p, 3))
