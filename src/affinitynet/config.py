@@ -114,7 +114,7 @@ class SegmentationConfig:
     """DeepLab-style network (train_segmentation, segment)."""
 
     backbone: str = "tiny"
-    pretrained: str = ""
+    pretrained: str = ""  # a weights file, or "classifier": this run's trained classifier backbone
     head: str = "largefov"  # largefov | aspp
     output_stride: int = 8
     labels: str = "pseudo"  # pseudo (this run's random-walk labels) | gt (fully supervised upper bound) | a folder

@@ -34,7 +34,7 @@ STAGES: tuple[StageSpec, ...] = (
               ("random_walk",), upstream=("make_cam", "train_affinitynet"), outputs=("pseudo_labels",),
               exclude=_WORKERS),
     StageSpec("train_segmentation", "train the segmentation network on the pseudo labels",
-              ("segmentation",), upstream=("random_walk",), outputs=("segmentation/final.pt",),
+              ("segmentation",), upstream=("train_cam", "random_walk"), outputs=("segmentation/final.pt",),
               exclude=_SEG_INFERENCE),
     StageSpec("segment", "predict the evaluation split with the segmentation network",
               _SEG_INFERENCE, upstream=("train_segmentation",), outputs=("predictions",)),

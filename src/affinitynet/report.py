@@ -434,10 +434,10 @@ def _prediction_model(run_dir: Path, cfg: Config, num_classes: int):
     import torch
 
     from .models import build_deeplab
-    from .stages.common import load_trained
+    from .stages.common import build_trained
 
-    section = dataclasses.replace(cfg.segmentation, pretrained="")  # the checkpoint replaces every weight
-    return load_trained(build_deeplab(section, num_classes + 1), path, torch.device("cpu"), "train_segmentation")
+    return build_trained(build_deeplab, cfg.segmentation, num_classes + 1, path=path, device=torch.device("cpu"),
+                         stage="train_segmentation")
 
 
 def _swatch(rgb, label: str) -> str:

@@ -33,6 +33,13 @@ def require(path: Path, stage: str) -> Path:
     return Path(path)
 
 
+def build_trained(build, section, *args, path: Path, device: torch.device, stage: str) -> torch.nn.Module:
+    """``build(section, *args)`` without the section's initial weights (the checkpoint replaces every one), loaded from ``path``."""
+    import dataclasses
+
+    return load_trained(build(dataclasses.replace(section, pretrained=""), *args), path, device, stage)
+
+
 def load_trained(model: torch.nn.Module, path: Path, device: torch.device, stage: str) -> torch.nn.Module:
     """Load the weights a training stage saved at ``path`` into ``model``, move it to ``device``, eval mode."""
     from ..models import load_checkpoint_into

@@ -14,7 +14,7 @@ from ..io import write_json
 from ..models import build_classifier
 from ..ops.cam import multiscale_cam, normalize_cams, normalize_image
 from ..ops.metrics import cam_sweep, scores
-from .common import cam_file, load_cam, load_trained, save_cam
+from .common import build_trained, cam_file, load_cam, save_cam
 
 
 def evaluate_cams(ctx, names) -> dict:
@@ -40,8 +40,8 @@ def run(ctx) -> dict:
     """Write ``cam/{name}.npz`` for every training image; score CAM labels when masks exist."""
     cfg = ctx.cfg.cam
     ds = ctx.train_set
-    model = load_trained(build_classifier(cfg, ds.num_classes), ctx.path("classifier", "final.pt"),
-                         ctx.device, "train_cam")
+    model = build_trained(build_classifier, cfg, ds.num_classes, path=ctx.path("classifier", "final.pt"),
+                          device=ctx.device, stage="train_cam")
     mean, std = model.backbone.mean, model.backbone.std
 
     def work(name: str) -> None:

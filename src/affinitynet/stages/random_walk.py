@@ -18,7 +18,7 @@ from ..io import save_label_png, write_json
 from ..models import build_affinitynet
 from ..ops.cam import cam_scores_with_bg, normalize_image
 from ..randomwalk import pair_affinity, pair_indices, propagate_with_affinity
-from .common import load_cam, load_trained
+from .common import build_trained, load_cam
 
 STRIDE = 8
 
@@ -74,9 +74,9 @@ class _Walker:
 
     def model(self):
         if self._model is None:
-            net = build_affinitynet(self.cfg.affinitynet)
-            self._model = load_trained(net, self.run_dir / "affinitynet" / "final.pt", self.device,
-                                       "train_affinitynet")
+            self._model = build_trained(build_affinitynet, self.cfg.affinitynet,
+                                        path=self.run_dir / "affinitynet" / "final.pt", device=self.device,
+                                        stage="train_affinitynet")
         return self._model
 
     def __call__(self, name: str) -> None:

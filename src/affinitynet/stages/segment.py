@@ -17,7 +17,7 @@ from ..io import load_image, save_label_png, write_json
 from ..models import build_deeplab
 from ..ops.cam import normalize_image
 from ..ops.inference import multiscale_predict
-from .common import load_trained
+from .common import build_trained
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 
@@ -52,8 +52,8 @@ class _Segmenter:
     def __call__(self, name: str) -> None:
         c = self.cfg.segmentation
         if self._model is None:
-            net = build_deeplab(c, self.dataset.num_classes + 1)
-            self._model = load_trained(net, self.model_path, self.device, "train_segmentation")
+            self._model = build_trained(build_deeplab, c, self.dataset.num_classes + 1, path=self.model_path,
+                                        device=self.device, stage="train_segmentation")
         label = predict_label(self._model, self.dataset.load_image(name), self.device, scales=c.test_scales,
                               flip=c.test_flip, crf=c.crf)
         save_label_png(self.out_dir / f"{name}.png", label)
@@ -101,8 +101,8 @@ def predict_images(checkpoint: Path, images, out: Path, *, device="auto", scales
     if "config" not in ckpt or "model" not in ckpt:
         raise DataError(checkpoint, "not a segmentation checkpoint of this project (no model/config inside)")
     cfg = from_dict(ckpt["config"], where=str(checkpoint))
-    model = load_trained(build_deeplab(cfg.segmentation, deeplab_num_classes(ckpt["model"], checkpoint)), checkpoint, dev,
-                         "train_segmentation")
+    model = build_trained(build_deeplab, cfg.segmentation, deeplab_num_classes(ckpt["model"], checkpoint),
+                          path=checkpoint, device=dev, stage="train_segmentation")
     out = Path(out)
     if fmt == "voc-test":
         out = out / "results" / "VOC2012" / "Segmentation" / "comp6_test_cls"

@@ -6,6 +6,7 @@ at x10; random scale, flip, crop. Validation mIoU (single scale) after each epoc
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 from pathlib import Path
 
@@ -16,7 +17,7 @@ import torch.nn.functional as F
 from ..data.transforms import LabelMapSet, TrainTransform
 from ..errors import ConfigError
 from ..io import load_label_png, write_json
-from ..models import build_deeplab
+from ..models import build_deeplab, load_backbone_weights
 from ..ops.cam import normalize_image
 from ..ops.inference import multiscale_predict
 from ..ops.metrics import confusion_matrix, scores
@@ -71,11 +72,27 @@ def segmentation_miou(model, dataset, device, *, scales=(1.0,), flip=False, limi
     return scores(conf, dataset.label_names)
 
 
+CLASSIFIER = "classifier"  # segmentation.pretrained value: start from this run's classifier backbone
+
+
+def build_network(ctx, num_classes: int):
+    """DeepLab with ``segmentation.pretrained`` loaded into its backbone (``classifier``: this run's classifier)."""
+    cfg = ctx.cfg.segmentation
+    if cfg.pretrained != CLASSIFIER:
+        return build_deeplab(cfg, num_classes)
+    model = build_deeplab(dataclasses.replace(cfg, pretrained=""), num_classes)
+    if cfg.backbone != ctx.cfg.cam.backbone:
+        raise ConfigError(f"segmentation.pretrained=classifier needs the classifier's backbone "
+                          f"({ctx.cfg.cam.backbone}), not {cfg.backbone}")
+    load_backbone_weights(model.backbone, require(ctx.path("classifier", "final.pt"), "train_cam"))
+    return model
+
+
 def run(ctx) -> dict:
     """Train the segmentation network into ``segmentation/`` (resumes from ``segmentation/last.pt``)."""
     cfg = ctx.cfg.segmentation
     ds = ctx.train_set
-    model = build_deeplab(cfg, ds.num_classes + 1)
+    model = build_network(ctx, ds.num_classes + 1)
     data = LabelMapSet(ds, ds.names, label_source(ctx, ds),
                        TrainTransform("seg", cfg, model.backbone.mean, model.backbone.std), seed=ctx.cfg.runtime.seed)
     val = ctx.val_set
