@@ -481,3 +481,14 @@ def test_reference_checkpoint_as_backbone_weights_ignores_heads(reference_state,
     backbone = build_backbone("resnet38", pretrained=str(path))
     assert torch.equal(backbone.b6.conv_branch2b2.weight, reference_state["b6.conv_branch2b2.weight"])
     assert torch.equal(backbone.bn7.running_var, reference_state["bn7.running_var"])
+
+
+def test_deeplab_head_rate_sets_the_dilations():
+    from affinitynet.models import DeepLab, build_backbone
+
+    fov = DeepLab(build_backbone("tiny"), 4, head="largefov", rate=2)
+    assert fov.head[0].dilation == (2, 2) and fov.head[0].padding == (2, 2)
+    aspp = DeepLab(build_backbone("tiny"), 4, head="aspp", rate=12)
+    assert [b.dilation[0] for b in aspp.head.branches] == [6, 12, 18, 24]
+    x = torch.randn(1, 3, 40, 40)
+    assert fov(x).shape == aspp(x).shape == (1, 4, 5, 5)

@@ -53,7 +53,7 @@ def build_affinitynet(section) -> AffinityNet:
 
 def build_deeplab(section, num_classes: int) -> DeepLab:
     """DeepLab from a ``SegmentationConfig`` (backbone, pretrained, output_stride, head); K classes incl. background."""
-    return DeepLab(_backbone_from(section), num_classes, head=section.head)
+    return DeepLab(_backbone_from(section), num_classes, head=section.head, rate=section.head_rate)
 
 
 __all__ = [

@@ -122,7 +122,7 @@ class LargeFOV(nn.Sequential):
 class ASPP(nn.Module):
     """DeepLab-v2 ASPP: parallel 3x3 convs to classes with dilations (6, 12, 18, 24), summed."""
 
-    def __init__(self, in_channels: int, num_classes: int, rates=(6, 12, 18, 24)):
+    def __init__(self, in_channels: int, num_classes: int, rates: tuple[int, ...] = (6, 12, 18, 24)):
         super().__init__()
         self.branches = nn.ModuleList(nn.Conv2d(in_channels, num_classes, 3, padding=r, dilation=r) for r in rates)
         for conv in self.branches:
@@ -138,7 +138,7 @@ class DeepLab(_Net):
     """Backbone's deepest feature -> LargeFOV or ASPP head -> per-pixel class logits at the feature stride."""
 
     def __init__(self, backbone: Backbone, num_classes: int, head: str = "largefov", width: int | None = None,
-                 dropout: float = 0.5):
+                 dropout: float = 0.5, rate: int = 12):
         super().__init__()
         if head not in HEADS:
             raise ConfigError(f"unknown segmentation head '{head}' (valid: {', '.join(HEADS)})")
@@ -148,9 +148,9 @@ class DeepLab(_Net):
         if head == "largefov":
             if width is None:
                 width = 1024 if backbone.out_channels >= 1024 else 128
-            self.head = LargeFOV(backbone.out_channels, num_classes, width=width, dropout=dropout)
-        else:
-            self.head = ASPP(backbone.out_channels, num_classes)
+            self.head = LargeFOV(backbone.out_channels, num_classes, width=width, dropout=dropout, rate=rate)
+        else:  # DeepLab-v2's (6, 12, 18, 24) for rate 12
+            self.head = ASPP(backbone.out_channels, num_classes, tuple(max(1, rate * k // 2) for k in (1, 2, 3, 4)))
 
     def new_modules(self) -> list[nn.Module]:
         """The head."""
