@@ -75,22 +75,6 @@ def affinity_loss(
 
 def affinity_average_precision(aff: torch.Tensor, is_pos: torch.Tensor) -> float:
     """Average precision of affinities aff (any shape) ranking positive pairs is_pos (same shape, bool) above negatives."""
-    scores = aff.detach().reshape(-1).to("cpu", torch.float64)
-    positive = is_pos.detach().reshape(-1).to("cpu", torch.float64)
-    if scores.numel() != positive.numel():
-        raise ValueError(f"aff has {scores.numel()} elements but is_pos has {positive.numel()}")
-    n_pos = float(positive.sum())
-    if n_pos == 0:
-        return 0.0
-    order = torch.argsort(scores, descending=True, stable=True)
-    scores, positive = scores[order], positive[order]
-    tp = torch.cumsum(positive, 0)
-    seen = torch.arange(1, scores.numel() + 1, dtype=torch.float64)
-    # One threshold per distinct score (ties form one step), as sklearn's precision_recall_curve.
-    last_of_group = torch.ones_like(scores, dtype=torch.bool)
-    last_of_group[:-1] = scores[1:] != scores[:-1]
-    tp, seen = tp[last_of_group], seen[last_of_group]
-    precision = tp / seen
-    recall = tp / n_pos
-    recall_step = torch.diff(recall, prepend=recall.new_zeros(1))
-    return float((recall_step * precision).sum())
+    from .metrics import average_precision
+
+    return average_precision(aff.detach().reshape(-1).to("cpu", torch.float64), is_pos.detach().reshape(-1).cpu())
