@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import hashlib
 import importlib
-import json
 import logging
 import multiprocessing as mp
 import shutil
@@ -300,7 +299,8 @@ def run_pipeline(cfg: Config, run_dir: Path, *, start: str | None = None, stop: 
             summary = fn(ctx) or {}
         except BaseException:
             results.append(StageResult(spec.name, "failed", time.time() - t0))
-            _print_table(results, log) if info.is_main else None
+            if info.is_main:
+                _print_table(results, log)
             raise
         seconds = time.time() - t0
         summary = broadcast_object(summary)
