@@ -11,16 +11,14 @@ import functools
 from pathlib import Path
 
 import numpy as np
-import torch
 import torch.nn.functional as F
 
 from ..data.transforms import LabelMapSet, TrainTransform
 from ..errors import ConfigError
+from ..evaluation import accumulate
 from ..io import load_label_png, write_json
 from ..models import build_deeplab, load_backbone_weights
-from ..ops.cam import normalize_image
-from ..ops.inference import multiscale_predict
-from ..ops.metrics import confusion_matrix, scores
+from ..ops.metrics import scores
 from .common import require, train_network
 
 VAL_IMAGES = 500
@@ -59,17 +57,13 @@ def label_source(ctx, dataset):
     return functools.partial(_label_from_dir, folder)
 
 
-@torch.no_grad()
 def segmentation_miou(model, dataset, device, *, scales=(1.0,), flip=False, limit: int = VAL_IMAGES) -> dict:
     """mIoU (%) of the network's predictions on up to ``limit`` images of ``dataset``."""
+    from .segment import predict_label
+
     model.eval()
-    k = dataset.num_classes + 1
-    conf = np.zeros((k, k + 1), dtype=np.int64)  # last column: predictions of 255 (misses)
-    for name in dataset.names[:limit]:
-        x = normalize_image(dataset.load_image(name), model.backbone.mean, model.backbone.std).to(device)
-        pred = multiscale_predict(model, x, scales, flip).argmax(0).cpu().numpy()
-        conf += confusion_matrix(pred, dataset.load_mask(name), k)
-    return scores(conf, dataset.label_names)
+    predict = lambda name: predict_label(model, dataset.load_image(name), device, scales=scales, flip=flip)  # noqa: E731
+    return scores(accumulate(dataset, dataset.names[:limit], predict), dataset.label_names)
 
 
 CLASSIFIER = "classifier"  # segmentation.pretrained value: start from this run's classifier backbone
