@@ -26,6 +26,12 @@ def load_cam(run_dir: Path, name: str) -> tuple[np.ndarray, np.ndarray]:
     return z["keys"].astype(np.int64), z["cams"].astype(np.float32)
 
 
+def stride_grid(h: int, w: int, stride: int) -> tuple[tuple[int, int], tuple[int, int, int, int]]:
+    """Feature grid (ceil(h/stride), ceil(w/stride)) of an h x w image and the F.pad amounts that fill it exactly."""
+    gh, gw = -(-h // stride), -(-w // stride)
+    return (gh, gw), (0, gw * stride - w, 0, gh * stride - h)
+
+
 def require(path: Path, stage: str) -> Path:
     """``path`` if it exists, else a StageError saying which stage makes it."""
     if not Path(path).exists():

@@ -18,7 +18,7 @@ from ..io import save_label_png, write_json
 from ..models import build_affinitynet
 from ..ops.cam import cam_scores_with_bg, normalize_image
 from ..randomwalk import pair_affinity, pair_indices, propagate_with_affinity
-from .common import build_trained, load_cam
+from .common import build_trained, load_cam, stride_grid
 
 STRIDE = 8
 
@@ -32,8 +32,7 @@ def walk_scores(model, image: np.ndarray, keys: np.ndarray, maps: np.ndarray, cf
     """(H, W, 3) image, (C',) ids, (C', H, W) CAMs -> (1 + C', H, W) propagated scores (bg first)."""
     h, w = image.shape[:2]
     sh, sw = max(1, round(h * cfg.scale)), max(1, round(w * cfg.scale))
-    gh, gw = -(-sh // STRIDE), -(-sw // STRIDE)
-    pad = (0, gw * STRIDE - sw, 0, gh * STRIDE - sh)
+    (gh, gw), pad = stride_grid(sh, sw, STRIDE)
 
     def at_scale(x):  # (C, H, W) -> (1, C, gh * STRIDE, gw * STRIDE): resized, zero-padded
         x = x.unsqueeze(0)

@@ -23,7 +23,7 @@ from ..ops.cam import normalize_image
 from ..ops.confident import pool_label_map
 from ..ops.metrics import average_precision
 from ..ops.pairs import pair_indices, pair_labels
-from .common import require, train_network
+from .common import require, stride_grid, train_network
 
 STRIDE = 8
 VAL_IMAGES = 200  # held-out images scored after each epoch
@@ -53,8 +53,7 @@ def affinity_ap(model, dataset, device, radius: int, limit: int = VAL_IMAGES) ->
     for name in dataset.names[:limit]:
         image = dataset.load_image(name)
         h, w = image.shape[:2]
-        gh, gw = -(-h // STRIDE), -(-w // STRIDE)
-        pad = (0, gw * STRIDE - w, 0, gh * STRIDE - h)
+        (gh, gw), pad = stride_grid(h, w, STRIDE)
         x = F.pad(normalize_image(image, model.backbone.mean, model.backbone.std), pad).unsqueeze(0)
         feat = model(x.to(device))
         mask = torch.from_numpy(np.pad(dataset.load_mask(name), ((0, pad[3]), (0, pad[1])), constant_values=255))
