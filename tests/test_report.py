@@ -22,7 +22,7 @@ from affinitynet.visualize import confident_colours, label_colours, thumbnail
 METRICS = {
     "classifier": {"map": 91.234, "val_loss": 0.1234},
     "cam": {"miou": 47.861, "iou": {"background": 71.25, "class_a": 40.5, "class_b": None, "class_c": 31.83},
-            "threshold": 0.15, "default_threshold": 0.2, "miou_at_default": 45.07,
+            "threshold": 0.2, "best_threshold": 0.15, "miou_best": 45.07,
             "sweep": {"0.05": 30.0, "0.1": 41.2, "0.15": 47.86, "0.2": 45.07, "0.25": 40.0}},
     "affinity_labels": {"fg_precision": 88.44, "bg_precision": 96.17, "ignored": 37.72},
     "affinitynet": {"ap": 83.19, "positive_pairs": 100, "negative_pairs": 50},
@@ -117,7 +117,7 @@ def test_report_of_a_full_run(tmp_path, data_root):
     for v in ("91.2", "47.9", "45.1", "88.4", "96.2", "37.7", "83.2", "58.1", "61.7",  # stage table
               "71.2", "40.5", "31.8", "55.5", "44.4", "52.5", "82.0", "54.8"):  # per-class IoU
         assert f">{v}<" in page, v
-    assert "best bg threshold 0.15" in page and "default threshold 0.2" in page
+    assert "bg threshold 0.2" in page and "threshold 0.15, chosen on these images" in page
     assert "1 min 18 s" in page  # total of the manifest's stage times (78.75 s)
     assert "32.0 s" in page  # segmentation = train_segmentation + segment
     # self-contained: no network reference, no script

@@ -41,6 +41,7 @@ class CamConfig:
 
     backbone: str = "tiny"  # see affinitynet.models.BACKBONES
     pretrained: str = ""  # local path to ImageNet (or reference) weights; empty: from scratch
+    checkpoint: str = ""  # a trained classifier (ours, or the release's res38_cls.pth): train_cam uses it as is
     output_stride: int = 8
     epochs: int = 15
     batch_size: int = 16
@@ -50,7 +51,10 @@ class CamConfig:
     poly_power: float = 0.9
     crop_size: int = 448
     resize_long: list[int] = field(default_factory=lambda: [448, 768])
-    color_jitter: float = 0.3
+    resample: str = "bilinear"  # image resizing: bilinear | bicubic (uint8 image through PIL, as the release)
+    color_jitter: float = 0.3  # brightness, contrast and saturation factors in [1 - s, 1 + s]
+    hue: float = 0.0  # hue shift in [-h, h] of a full turn (the release: 0.1)
+    crop_pad: str = "mean"  # crop padding: mean (0 after normalisation) | black (pixel 0, cropped before normalising)
     # make_cam (inference only: changing these does not retrain)
     scales: list[float] = field(default_factory=lambda: [1.0, 0.5, 1.5, 2.0])
     flip: bool = True
@@ -71,6 +75,8 @@ class AffinityLabelConfig:
     crf_bilateral_sxy: float = 80.0
     crf_bilateral_srgb: float = 13.0
     crf_bilateral_compat: float = 10.0
+    crf_unary: str = "normalized"  # -log of the scores normalised per pixel | clipped: of the raw scores (the release)
+    grid_labels: str = "pixels"  # pixels: 8x8 vote of per-pixel labels | scores: argmax of 8x8-averaged CRF scores
     fg_threshold: float = 0.30  # CRF-free variant: CAM max above this is confident foreground
     bg_threshold: float = 0.05  # CRF-free variant: CAM max below this is confident background
     workers: int = 2  # worker processes (the CRF is CPU-bound)
@@ -82,8 +88,10 @@ class AffinityNetConfig:
 
     backbone: str = "tiny"
     pretrained: str = ""  # ImageNet weights, never the classifier
+    checkpoint: str = ""  # a trained AffinityNet (ours, or the release's res38_aff.pth): used as is, no training
     output_stride: int = 8
     radius: int = 5
+    reference_pairs: bool = False  # train on the release's border-trimmed pair set
     epochs: int = 8
     batch_size: int = 8
     lr: float = 0.1
@@ -91,8 +99,11 @@ class AffinityNetConfig:
     momentum: float = 0.9
     poly_power: float = 0.9
     crop_size: int = 448
-    resize_long: list[int] = field(default_factory=lambda: [448, 768])
+    resize_long: list[int] = field(default_factory=lambda: [448, 768])  # [] : no rescaling (the release)
+    resample: str = "bilinear"  # bilinear | bicubic
     color_jitter: float = 0.3
+    hue: float = 0.0
+    crop_pad: str = "mean"  # mean | black (the release crops AffinityNet inputs before normalising)
 
 
 @dataclass
@@ -139,7 +150,8 @@ class SegmentationConfig:
 class EvalConfig:
     """Evaluation of each stage's labels (evaluate)."""
 
-    cam_bg_threshold: float = 0.2  # the paper code's constant background score for CAM labels
+    cam_bg_threshold: float = 0.2  # constant background score of the CAM labels' headline mIoU (the release: 0.2)
+    score_split: str = ""  # score CAM / pseudo-label rows on this split's images (e.g. train while stages ran on train_aug)
     cam_sweep: list[float] = field(default_factory=lambda: [round(0.05 * i, 2) for i in range(1, 13)])
     report_images: int = 6  # images shown side by side in report.html
 
@@ -179,6 +191,16 @@ class Config:
 
 
 SECTIONS = [f.name for f in dataclasses.fields(Config)]
+
+# keys that take one of a few words
+CHOICES = {
+    "cam.resample": ("bilinear", "bicubic"),
+    "cam.crop_pad": ("mean", "black"),
+    "affinitynet.resample": ("bilinear", "bicubic"),
+    "affinitynet.crop_pad": ("mean", "black"),
+    "affinity_labels.crf_unary": ("normalized", "clipped"),
+    "affinity_labels.grid_labels": ("pixels", "scores"),
+}
 
 
 def _section_fields(section: str) -> dict[str, dataclasses.Field]:
@@ -235,7 +257,11 @@ def _apply(cfg: Config, section: str, key: str, value, where: str) -> None:
     if key not in fields:
         raise ConfigError(f"{where}: unknown key '{section}.{key}' (valid keys of {section}: {', '.join(fields)})")
     _, tp = fields[key]
-    setattr(cfg.section(section), key, _coerce(value, tp, f"{where}: {section}.{key}"))
+    value = _coerce(value, tp, f"{where}: {section}.{key}")
+    allowed = CHOICES.get(f"{section}.{key}")
+    if allowed is not None and value not in allowed:
+        raise ConfigError(f"{where}: {section}.{key}: expected one of {', '.join(allowed)}, got {value!r}")
+    setattr(cfg.section(section), key, value)
 
 
 def from_dict(d: dict, where: str = "config") -> Config:

@@ -128,11 +128,25 @@ def load_image(path) -> np.ndarray:
         raise DataError(path, f"cannot read image ({e})") from None
 
 
-def save_npz(path, **arrays) -> None:
-    """Write arrays to an uncompressed ``.npz`` atomically (fixed keys chosen by the caller)."""
+def save_npz(path, compressed: bool = False, **arrays) -> None:
+    """Write arrays to a ``.npz`` (zip-deflated when ``compressed``) atomically (fixed keys chosen by the caller)."""
     with atomic_path(path) as tmp:
         with open(tmp, "wb") as f:
-            np.savez(f, **arrays)
+            (np.savez_compressed if compressed else np.savez)(f, **arrays)
+
+
+def file_sha256(path) -> str:
+    """Hex sha256 of a file's bytes (read in 1 MiB blocks); a missing file raises DataError naming it."""
+    import hashlib
+
+    h = hashlib.sha256()
+    try:
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+    except FileNotFoundError:
+        raise DataError(path, "file not found") from None
+    return h.hexdigest()
 
 
 def load_npz(path) -> dict[str, np.ndarray]:

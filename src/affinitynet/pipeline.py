@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 
 @dataclass(frozen=True)
@@ -14,6 +15,13 @@ class StageSpec:
     upstream: tuple[str, ...] = ()  # stages whose outputs it reads
     outputs: tuple[str, ...] = ()  # must exist for the stage to count as finished
     exclude: tuple[str, ...] = ()  # section.key entries that do not change its outputs
+    files: Callable | None = None  # config -> paths of input files whose bytes (sha256) enter the stage's identity
+    needed: Callable | None = None  # config -> False when the stage has nothing to do (e.g. a given checkpoint)
+
+
+def _given(section: str):
+    """The stage's input file: ``section.checkpoint`` when set (a trained network used instead of training)."""
+    return lambda cfg: tuple(p for p in (cfg.section(section).checkpoint,) if p)
 
 
 # make_cam / segment settings only change inference, never the trained networks.
@@ -23,13 +31,15 @@ _WORKERS = ("affinity_labels.workers", "random_walk.workers")
 
 STAGES: tuple[StageSpec, ...] = (
     StageSpec("train_cam", "train the classification network (multi-label soft margin)",
-              ("data", "cam"), outputs=("classifier/final.pt",), exclude=_CAM_INFERENCE),
+              ("data", "cam"), outputs=("classifier/final.pt",), exclude=_CAM_INFERENCE, files=_given("cam")),
     StageSpec("make_cam", "class activation maps of the training images (multi-scale + flip)",
               _CAM_INFERENCE, upstream=("train_cam",), outputs=("cam",)),
     StageSpec("make_affinity_labels", "confident fg/bg regions (dense CRF) -> affinity label maps",
-              ("affinity_labels",), upstream=("make_cam",), outputs=("affinity_labels",), exclude=_WORKERS),
+              ("affinity_labels",), upstream=("make_cam",), outputs=("affinity_labels",), exclude=_WORKERS,
+              needed=lambda cfg: not cfg.affinitynet.checkpoint),
     StageSpec("train_affinitynet", "train AffinityNet on pairs of confident pixels",
-              ("affinitynet",), upstream=("make_affinity_labels",), outputs=("affinitynet/final.pt",)),
+              ("affinitynet", "affinity_labels.grid_labels"), upstream=("make_affinity_labels",),
+              outputs=("affinitynet/final.pt",), files=_given("affinitynet")),
     StageSpec("random_walk", "propagate CAMs with AffinityNet affinities -> pseudo labels",
               ("random_walk",), upstream=("make_cam", "train_affinitynet"), outputs=("pseudo_labels",),
               exclude=_WORKERS),

@@ -262,11 +262,11 @@ def stage_rows(metrics: dict, manifest: dict) -> list[tuple[str, str, str, float
         rows.append(("classifier", "val mAP (%)", _pct(metrics.get("classifier", {}).get("map")), t("train_cam")))
     cam = metrics.get("cam")
     if cam is not None:
-        rows.append(("CAM labels", f"train mIoU, best bg threshold {cam.get('threshold', '–')}",
+        rows.append(("CAM labels", f"train mIoU, bg threshold {cam.get('threshold', '–')}",
                      _pct(cam.get("miou")), t("make_cam")))
-        if "miou_at_default" in cam:
-            rows.append(("", f"train mIoU at the default threshold {cam.get('default_threshold', '–')}",
-                         _pct(cam["miou_at_default"]), None))
+        if "miou_best" in cam:
+            rows.append(("", f"best of the sweep (threshold {cam.get('best_threshold', '–')}, chosen on these images)",
+                         _pct(cam["miou_best"]), None))
     elif "make_cam" in secs:
         rows.append(("CAM labels", "train mIoU", "–", t("make_cam")))
     al = metrics.get("affinity_labels")
@@ -349,10 +349,10 @@ def _section_classes(metrics: dict) -> str:
         pts = sorted((float(t), v) for t, v in sweep.items() if _finite(v))
         vlines = []
         if _finite(cam.get("threshold")):
-            vlines.append((float(cam["threshold"]), "best"))
-        default = cam.get("default_threshold")
-        if _finite(default) and default != cam.get("threshold"):
-            vlines.append((float(default), "default"))
+            vlines.append((float(cam["threshold"]), "fixed"))
+        best = cam.get("best_threshold")
+        if _finite(best) and best != cam.get("threshold"):
+            vlines.append((float(best), "best"))
         chart = svg_line_chart([Series("CAM mIoU", pts, markers=True)], width=420, height=220,
                                xlabel="background threshold", ylabel="mIoU (%)", vlines=tuple(vlines))
         parts.append(f'<figure><figcaption>CAM labels: mIoU over the background threshold</figcaption>'

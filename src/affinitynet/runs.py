@@ -17,7 +17,7 @@ import torch
 from . import config as config_mod
 from .config import Config
 from .errors import AffinityNetError, StageError
-from .io import read_json, write_json, write_text
+from .io import file_sha256, read_json, write_json, write_text
 from .pipeline import STAGE_NAMES, STAGES, StageSpec, stage_spec
 
 LOG = logging.getLogger("affinitynet")
@@ -159,6 +159,8 @@ def _stage_key(cfg: Config, spec: StageSpec, manifest: dict) -> str:
     """Identity of a stage's outputs: its config inputs plus the identity of each upstream stage's outputs."""
     h = hashlib.sha256()
     h.update(config_mod.subset_hash(cfg, spec.sections, spec.exclude).encode())
+    for path in spec.files(cfg) if spec.files else ():
+        h.update(f"|{path}:{file_sha256(path) if Path(path).is_file() else 'missing'}".encode())
     for up in spec.upstream:
         rec = manifest.get(up, {})
         h.update(f"|{up}:{rec.get('key', '')}:{rec.get('finished', '')}".encode())
@@ -212,7 +214,7 @@ def _load_stage(name: str):
 @dataclass
 class StageResult:
     name: str
-    status: str  # done | skipped | not built | failed | not run
+    status: str  # done | skipped | not needed | not built | failed | not run
     seconds: float = 0.0
     summary: dict = field(default_factory=dict)
 
@@ -276,6 +278,10 @@ def run_pipeline(cfg: Config, run_dir: Path, *, start: str | None = None, stop: 
                         and spec.name not in force)
             decision = (key, rec, finished)
         key, rec, finished = broadcast_object(decision)
+        if spec.needed is not None and not spec.needed(cfg):
+            log.info(f"[{spec.name}] not needed with this config: skipped")
+            results.append(StageResult(spec.name, "not needed"))
+            continue
         if finished:
             log.info(f"[{spec.name}] finished earlier with the same inputs: skipped")
             results.append(StageResult(spec.name, "skipped", rec.get("seconds", 0.0), rec.get("summary", {})))
@@ -344,7 +350,7 @@ def summary_table(results: list[StageResult]) -> str:
 
 def _print_table(results: list[StageResult], log: logging.Logger) -> None:
     log.info("\n" + summary_table(results))
-    if all(r.status == "skipped" for r in results):
+    if all(r.status in ("skipped", "not needed") for r in results):
         log.info("nothing to do: every selected stage finished earlier with the same inputs")
 
 

@@ -15,34 +15,46 @@ from PIL import Image
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 IGNORE = 255
+CROP_PADS = ("mean", "black")
 
 
-def _resize(img: np.ndarray, label: np.ndarray | None, size_hw: tuple[int, int]):
-    """Resize an (H, W, 3) uint8 image bilinearly and an (H, W) label map by nearest neighbour to ``size_hw``."""
+RESAMPLE = {"bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC}
+
+
+def _resize(img: np.ndarray, label: np.ndarray | None, size_hw: tuple[int, int], resample: str = "bilinear"):
+    """Resize an (H, W, 3) uint8 image (PIL ``resample``) and its label to ``size_hw``.
+
+    A label map (H, W) uint8 is resized by nearest neighbour, a score label (H, W, K) float32 bilinearly.
+    """
     h, w = max(1, int(size_hw[0])), max(1, int(size_hw[1]))
     if img.shape[:2] != (h, w):
-        img = np.asarray(Image.fromarray(img).resize((w, h), Image.BILINEAR))
-    if label is not None and label.shape != (h, w):
-        label = np.asarray(Image.fromarray(label).resize((w, h), Image.NEAREST))
+        img = np.asarray(Image.fromarray(img).resize((w, h), RESAMPLE[resample]))
+    if label is not None and label.shape[:2] != (h, w):
+        if label.ndim == 3:
+            t = torch.from_numpy(np.ascontiguousarray(label.transpose(2, 0, 1))).unsqueeze(0)
+            t = torch.nn.functional.interpolate(t, size=(h, w), mode="bilinear", align_corners=False)
+            label = t[0].numpy().transpose(1, 2, 0)
+        else:
+            label = np.asarray(Image.fromarray(label).resize((w, h), Image.NEAREST))
     return img, label
 
 
 def random_resize_long(img: np.ndarray, label: np.ndarray | None, long_range: Sequence[int],
-                       rng: np.random.Generator):
-    """Resize so the long side is uniform in [lo, hi] (inclusive): image (H,W,3) bilinear, label (H,W) nearest."""
+                       rng: np.random.Generator, resample: str = "bilinear"):
+    """Resize so the long side is uniform in [lo, hi] (inclusive): image (H,W,3) by ``resample``, label (H,W) nearest."""
     lo, hi = int(long_range[0]), int(long_range[-1])
     target = int(rng.integers(lo, hi + 1))
     h, w = img.shape[:2]
     s = target / max(h, w)
-    return _resize(img, label, (round(h * s), round(w * s)))
+    return _resize(img, label, (round(h * s), round(w * s)), resample)
 
 
 def random_scale(img: np.ndarray, label: np.ndarray | None, scale_range: Sequence[float],
-                 rng: np.random.Generator):
-    """Rescale by a factor uniform in [lo, hi]: image (H,W,3) bilinear, label (H,W) nearest."""
+                 rng: np.random.Generator, resample: str = "bilinear"):
+    """Rescale by a factor uniform in [lo, hi]: image (H,W,3) by ``resample``, label (H,W) nearest."""
     s = float(rng.uniform(float(scale_range[0]), float(scale_range[-1])))
     h, w = img.shape[:2]
-    return _resize(img, label, (round(h * s), round(w * s)))
+    return _resize(img, label, (round(h * s), round(w * s)), resample)
 
 
 def random_hflip(img: np.ndarray, label: np.ndarray | None, rng: np.random.Generator):
@@ -59,14 +71,31 @@ def _grey(img: np.ndarray) -> np.ndarray:
     return img[..., 0] * 0.299 + img[..., 1] * 0.587 + img[..., 2] * 0.114
 
 
-def color_jitter(img: np.ndarray, strength: float, rng: np.random.Generator) -> np.ndarray:
-    """Random brightness, contrast and saturation factors in [1-s, 1+s], in random order: (H,W,3) uint8 -> same."""
-    if strength <= 0:
+def shift_hue(img: np.ndarray, shift: float) -> np.ndarray:
+    """Rotate the hue of an (H, W, 3) uint8 image by ``shift`` of a full turn (in [-0.5, 0.5]), through PIL's HSV."""
+    hsv = np.array(Image.fromarray(img).convert("HSV"))
+    hsv[..., 0] = (hsv[..., 0].astype(np.int16) + int(round(shift * 255))) % 256
+    return np.asarray(Image.fromarray(hsv, "HSV").convert("RGB"))
+
+
+def color_jitter(img: np.ndarray, strength: float, rng: np.random.Generator, hue: float = 0.0) -> np.ndarray:
+    """Random brightness, contrast and saturation factors in [1-s, 1+s] and, when ``hue`` > 0, a hue shift
+    uniform in [-hue, hue], applied in random order: (H,W,3) uint8 -> same."""
+    if strength <= 0 and hue <= 0:
         return img
     x = img.astype(np.float32)
     factors = rng.uniform(max(0.0, 1.0 - strength), 1.0 + strength, size=3)
-    for op in rng.permutation(3):
+    if strength <= 0:
+        factors[:] = 1.0
+    order = rng.permutation(3)
+    if hue > 0:  # only drawn when used, so hue=0 keeps the random stream of earlier versions
+        order = rng.permutation(4)
+        factors = np.append(factors, rng.uniform(-hue, hue))
+    for op in order:
         f = float(factors[op])
+        if op == 3:
+            x = shift_hue(np.rint(x).astype(np.uint8), f).astype(np.float32)
+            continue
         if op == 0:  # brightness: blend with black
             x = x * f
         elif op == 1:  # contrast: blend with the mean grey level
@@ -81,8 +110,8 @@ def color_jitter(img: np.ndarray, strength: float, rng: np.random.Generator) -> 
 
 def random_crop(img: np.ndarray, label: np.ndarray | None, size: int, rng: np.random.Generator,
                 img_fill: float = 0.0, label_fill: int = IGNORE):
-    """Random size x size window of image (H,W,C) and label (H,W); a side shorter than ``size`` is padded
-    (image with ``img_fill``, label with ``label_fill``) and placed at a random offset, like the reference."""
+    """Random size x size window of image (H,W,C) and label (H,W) or (H,W,K); a side shorter than ``size`` is
+    padded (image with ``img_fill``, label with ``label_fill``) and placed at a random offset, like the reference."""
     h, w = img.shape[:2]
     offsets = []
     for dim in (h, w):
@@ -97,7 +126,7 @@ def random_crop(img: np.ndarray, label: np.ndarray | None, size: int, rng: np.ra
     out[ct:ct + ch, cl:cl + cw] = img[it:it + ch, il:il + cw]
     out_label = None
     if label is not None:
-        out_label = np.full((size, size), label_fill, dtype=label.dtype)
+        out_label = np.full((size, size) + label.shape[2:], label_fill, dtype=label.dtype)
         out_label[ct:ct + ch, cl:cl + cw] = label[it:it + ch, il:il + cw]
     return out, out_label
 
@@ -115,8 +144,10 @@ class TrainTransform:
     """Augmentation of one training stage: ``kind`` "cls" (image only), "aff" or "seg" (image + label map).
 
     Order: resize long side (``cfg.resize_long``, if the section has it), random scale (``cfg.scale_range``,
-    if it has it), horizontal flip, colour jitter (``cfg.color_jitter``), normalise, crop ``cfg.crop_size``
-    (image padded with 0 after normalisation, label with 255). Geometric steps act identically on both.
+    if it has it), horizontal flip, colour jitter (``cfg.color_jitter``, ``cfg.hue``), normalise, crop
+    ``cfg.crop_size``. Geometric steps act identically on both. ``cfg.crop_pad`` "mean" pads the image with 0
+    after normalisation (the mean colour), "black" with pixel value 0 (the crop taken before normalising,
+    as the release's AffinityNet training does); a label map is padded with 255, a score label with 0.
     """
 
     KINDS = ("cls", "aff", "seg")
@@ -129,6 +160,13 @@ class TrainTransform:
         self.resize_long = list(getattr(cfg, "resize_long", None) or [])
         self.scale_range = list(getattr(cfg, "scale_range", None) or [])
         self.jitter = float(getattr(cfg, "color_jitter", 0.0) or 0.0)
+        self.hue = float(getattr(cfg, "hue", 0.0) or 0.0)
+        self.resample = getattr(cfg, "resample", "bilinear")
+        self.crop_pad = getattr(cfg, "crop_pad", "mean")
+        if self.resample not in RESAMPLE:
+            raise ValueError(f"unknown resample {self.resample!r} (valid: {', '.join(RESAMPLE)})")
+        if self.crop_pad not in CROP_PADS:
+            raise ValueError(f"unknown crop_pad {self.crop_pad!r} (valid: {', '.join(CROP_PADS)})")
         self.mean, self.std = tuple(mean), tuple(std)
 
     @property
@@ -137,30 +175,40 @@ class TrainTransform:
         return self.kind != "cls"
 
     def __call__(self, img: np.ndarray, label: np.ndarray | None, rng: np.random.Generator):
-        """(H,W,3) uint8 image, (H,W) uint8 label or None -> (image (3,S,S) float32, label (S,S) int64 or None).
+        """(H,W,3) uint8 image, label or None -> (image (3,S,S) float32, label or None).
 
-        A label on a coarser grid (e.g. the stride-8 feature grid) is first upsampled to the image size
-        by nearest neighbour.
+        A label map (H,W) uint8 comes back (S,S) int64; a label on a coarser grid (e.g. the stride-8
+        feature grid) is first upsampled to the image size by nearest neighbour. A score label
+        (H,W,K) float comes back (K,S,S) float32.
         """
         if self.needs_label and label is None:
             raise ValueError(f"transform kind {self.kind!r} needs a label map")
         if not self.needs_label:
             label = None
+        scores = label is not None and np.asarray(label).ndim == 3
         if label is not None:
-            label = np.asarray(label, dtype=np.uint8)
-            if label.shape != img.shape[:2]:
+            label = np.asarray(label, dtype=np.float32 if scores else np.uint8)
+            if label.shape[:2] != img.shape[:2]:
                 _, label = _resize(img, label, img.shape[:2])
         if self.resize_long:
-            img, label = random_resize_long(img, label, self.resize_long, rng)
+            img, label = random_resize_long(img, label, self.resize_long, rng, self.resample)
         if self.scale_range:
-            img, label = random_scale(img, label, self.scale_range, rng)
+            img, label = random_scale(img, label, self.scale_range, rng, self.resample)
         img, label = random_hflip(img, label, rng)
-        img = color_jitter(img, self.jitter, rng)
-        x = normalize(img, self.mean, self.std, channels_first=False)
-        x, label = random_crop(x, label, self.crop_size, rng, img_fill=0.0, label_fill=IGNORE)
+        img = color_jitter(img, self.jitter, rng, self.hue)
+        label_fill = 0 if scores else IGNORE
+        if self.crop_pad == "black":
+            img, label = random_crop(img, label, self.crop_size, rng, img_fill=0, label_fill=label_fill)
+            x = normalize(img, self.mean, self.std, channels_first=False)
+        else:
+            x = normalize(img, self.mean, self.std, channels_first=False)
+            x, label = random_crop(x, label, self.crop_size, rng, img_fill=0.0, label_fill=label_fill)
         x = torch.from_numpy(np.ascontiguousarray(x.transpose(2, 0, 1)))
-        y = None if label is None else torch.from_numpy(label.astype(np.int64))
-        return x, y
+        if label is None:
+            return x, None
+        if scores:
+            return x, torch.from_numpy(np.ascontiguousarray(label.transpose(2, 0, 1)))
+        return x, torch.from_numpy(label.astype(np.int64))
 
 
 class _EpochSeeded(torch.utils.data.Dataset):
@@ -199,10 +247,14 @@ class ClassificationSet(_EpochSeeded):
 
 
 class LabelMapSet(_EpochSeeded):
-    """Images with a label map from ``label_fn(name) -> (H,W) uint8``: item i -> (image (3,S,S), label (S,S) int64)."""
+    """Images with a label from ``label_fn(name)``: item i -> (image (3,S,S), label).
+
+    The label is a map (H,W) uint8 -> (S,S) int64, or a score label (H,W,K) float -> (K,S,S) float32;
+    ``reduce`` (optional) maps the transformed label to what the loss takes (e.g. labels on the feature grid).
+    """
 
     def __init__(self, dataset, names: Sequence[str], label_fn: Callable[[str], np.ndarray],
-                 transform: TrainTransform, seed: int = 0):
+                 transform: TrainTransform, seed: int = 0, reduce: Callable | None = None):
         super().__init__(seed)
         if not transform.needs_label:
             raise ValueError("LabelMapSet needs a transform of kind 'aff' or 'seg'")
@@ -210,10 +262,12 @@ class LabelMapSet(_EpochSeeded):
         self.names = list(names)
         self.label_fn = label_fn
         self.transform = transform
+        self.reduce = reduce
 
     def __len__(self) -> int:
         return len(self.names)
 
     def __getitem__(self, index: int):
         name = self.names[index]
-        return self.transform(self.dataset.load_image(name), self.label_fn(name), self.rng(index))
+        x, y = self.transform(self.dataset.load_image(name), self.label_fn(name), self.rng(index))
+        return x, (y if self.reduce is None else self.reduce(y))

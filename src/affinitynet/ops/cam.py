@@ -44,6 +44,31 @@ def _resize(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
 
 
+def scaled_images(image: np.ndarray, scales: Sequence[float], mean: Sequence[float], std: Sequence[float],
+                  resample: str = "bilinear") -> list[torch.Tensor]:
+    """(H, W, 3) uint8 image -> one normalised (3, round(H*s), round(W*s)) tensor per scale.
+
+    ``bilinear`` normalises first and resizes the float image (align_corners=False); ``bicubic`` resizes
+    the uint8 image with PIL's bicubic filter, then normalises, as the AffinityNet release's make-CAM
+    data loader does (voc12/data.py, ``VOC12ClsDatasetMSF``).
+    """
+    from PIL import Image
+
+    if resample not in ("bilinear", "bicubic"):
+        raise ValueError(f"unknown resample {resample!r} (valid: bilinear, bicubic)")
+    img = np.asarray(image)
+    h, w = img.shape[:2]
+    if resample == "bilinear":
+        x = normalize_image(img, mean, std).unsqueeze(0)
+        return [_resize(x, _scaled_size(h, w, s))[0] for s in scales]
+    out = []
+    for s in scales:
+        sh, sw = _scaled_size(h, w, s)
+        scaled = img if (sh, sw) == (h, w) else np.asarray(Image.fromarray(img).resize((sw, sh), Image.BICUBIC))
+        out.append(normalize_image(scaled, mean, std))
+    return out
+
+
 def multiscale_cam(
     model: nn.Module,
     image: torch.Tensor,
@@ -51,6 +76,7 @@ def multiscale_cam(
     flip: bool = True,
     *,
     batched: bool = True,
+    scaled: Sequence[torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """(3, H, W) normalised image -> (C, H, W) CAMs summed over scales and flips, on the model's device.
 
@@ -61,7 +87,8 @@ def multiscale_cam(
     a single upsample; ``batched=False`` is the plain loop (one forward and one upsample per
     scale and flip). Both give the same result up to float rounding. Scales are not packed into
     one padded batch: zero padding changes the convolution outputs near the border, so it would not
-    be exact.
+    be exact. ``scaled`` (one (3, h_s, w_s) tensor per scale, e.g. from ``scaled_images``) replaces the
+    bilinear resizing of ``image``; ``image`` then only gives the output size.
     """
     if image.ndim != 3:
         raise ValueError(f"expected a (3, H, W) image, got shape {tuple(image.shape)}")
@@ -71,9 +98,11 @@ def multiscale_cam(
     h, w = image.shape[-2:]
     x = image.to(device=device, dtype=torch.float32).unsqueeze(0)
     total = None
+    if scaled is not None and len(scaled) != len(scales):
+        raise ValueError(f"{len(scaled)} scaled images for {len(scales)} scales")
     with torch.inference_mode():
-        for s in scales:
-            xs = _resize(x, _scaled_size(h, w, s))
+        for i, s in enumerate(scales):
+            xs = _resize(x, _scaled_size(h, w, s)) if scaled is None else scaled[i].to(device, torch.float32).unsqueeze(0)
             if batched:
                 batch = torch.cat([xs, xs.flip(-1)], dim=0) if flip else xs
                 maps = model.cam(batch)

@@ -12,12 +12,67 @@ from .crf import dense_crf
 
 IGNORE = 255
 
-_CRF_KEYS = {"iters", "gauss_sxy", "gauss_compat", "bilateral_sxy", "bilateral_srgb", "bilateral_compat"}
+_CRF_KEYS = {"iters", "gauss_sxy", "gauss_compat", "bilateral_sxy", "bilateral_srgb", "bilateral_compat", "unary"}
 
 
 def _as_float_tensor(maps) -> torch.Tensor:
     t = maps if isinstance(maps, torch.Tensor) else torch.as_tensor(np.asarray(maps))
     return t.detach().to("cpu", torch.float32)
+
+
+def confident_scores(
+    image: np.ndarray,
+    maps: torch.Tensor,
+    *,
+    alpha_low: float = 4,
+    alpha_high: float = 32,
+    crf_params: dict | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(H, W, 3) uint8 image, (C', H, W) CAMs -> CRF-refined score stacks (la, ha), each (1 + C', H, W), bg first.
+
+    la refines [(1 - max)^alpha_low, maps], ha [(1 - max)^alpha_high, maps]; ``crf_params`` are
+    ``dense_crf``'s keyword arguments (iterations, kernels, unary).
+    """
+    params = dict(crf_params or {})
+    unknown = set(params) - _CRF_KEYS
+    if unknown:
+        raise ValueError(f"unknown dense_crf parameters {sorted(unknown)}; valid: {sorted(_CRF_KEYS)}")
+    m = _as_float_tensor(maps)
+    return tuple(torch.from_numpy(dense_crf(image, cam_scores_with_bg(m, alpha).numpy(), **params))
+                 for alpha in (alpha_low, alpha_high))
+
+
+def labels_from_scores(la: torch.Tensor, ha: torch.Tensor, lut: torch.Tensor | None = None) -> torch.Tensor:
+    """Score stacks la, ha (K, h, w) (bg first) -> (h, w) long labels: fg where la's argmax is fg, bg where ha's is bg.
+
+    The label is ``lut[argmax la]`` (channel index when ``lut`` is None), 255 where la's argmax is
+    background, 0 where ha's argmax is background (confident background at high alpha overrides
+    foreground from low alpha: a rare conflict, since raising alpha only lowers the background), and
+    255 where neither stack has a score of at least 1e-5 (e.g. crop padding), as the release's
+    AffinityNet dataset does (voc12/data.py).
+    """
+    if la.shape != ha.shape or la.dim() != 3:
+        raise ValueError(f"la and ha must be (K, h, w) of one shape, got {tuple(la.shape)} and {tuple(ha.shape)}")
+    arg_la, arg_ha = la.argmax(dim=0), ha.argmax(dim=0)
+    label = arg_la.clone() if lut is None else lut.to(la.device)[arg_la]
+    label[arg_la == 0] = IGNORE
+    label[arg_ha == 0] = 0
+    no_score = torch.maximum(la.amax(dim=0), ha.amax(dim=0)) < 1e-5
+    label[no_score] = IGNORE
+    return label
+
+
+def grid_labels_from_scores(scores: torch.Tensor, stride: int = 8) -> torch.Tensor:
+    """Stacked [la; ha] scores (2K, H, W) -> (ceil(H/stride), ceil(W/stride)) long labels (channel indices, 255).
+
+    Each stack is averaged over stride x stride cells first, then ``labels_from_scores`` decides: the
+    release's order (average the CRF scores, then argmax). Cells average their pixels inside the map.
+    """
+    if scores.dim() != 3 or scores.shape[0] % 2:
+        raise ValueError(f"expected stacked (2K, H, W) scores, got shape {tuple(scores.shape)}")
+    pooled = pool_to_grid(scores.to(torch.float32), stride)
+    la, ha = pooled.chunk(2, dim=0)
+    return labels_from_scores(la, ha)
 
 
 def confident_labels(
@@ -35,14 +90,10 @@ def confident_labels(
 ) -> np.ndarray:
     """(H, W, 3) uint8 image, (C',) class ids, (C', H, W) CAMs in [0, 1] -> (H, W) uint8 labels (0 bg, ids, 255).
 
-    With ``crf``: the scores [(1 - max)^alpha, maps] for alpha_low and alpha_high are each refined by
-    ``dense_crf`` (``crf_params`` are its keyword arguments) and argmaxed. As in the reference code the
-    label is the low-alpha argmax class, 255 where the low-alpha argmax is background, then 0 where the
-    high-alpha argmax is background: background confident at high alpha overrides foreground from low
-    alpha (a rare conflict, since raising alpha only lowers the background score). Without ``crf``
-    (fast variant): max CAM >= fg_threshold -> argmax class, max CAM <= bg_threshold -> 0, else 255.
+    With ``crf``: ``confident_scores`` then ``labels_from_scores``. Without ``crf`` (fast variant):
+    max CAM >= fg_threshold -> argmax class, max CAM <= bg_threshold -> 0, else 255.
     ``stride`` > 1 average-pools the (CRF-refined) scores over stride x stride cells before the argmax
-    (DESIGN.md 2.2) and returns (ceil(H/stride), ceil(W/stride)) labels.
+    and returns (ceil(H/stride), ceil(W/stride)) labels.
     """
     image = np.asarray(image)
     m = _as_float_tensor(maps)
@@ -57,21 +108,10 @@ def confident_labels(
     lut = torch.cat([torch.zeros(1, dtype=torch.long), keys_t])  # argmax channel -> class id
 
     if crf:
-        params = dict(crf_params or {})
-        unknown = set(params) - _CRF_KEYS
-        if unknown:
-            raise ValueError(f"unknown dense_crf parameters {sorted(unknown)}; valid: {sorted(_CRF_KEYS)}")
-        argmaxes = []
-        for alpha in (alpha_low, alpha_high):
-            scores = cam_scores_with_bg(m, alpha).numpy()
-            refined = torch.from_numpy(dense_crf(image, scores, **params))
-            if stride > 1:
-                refined = pool_to_grid(refined, stride)
-            argmaxes.append(refined.argmax(dim=0))
-        la, ha = argmaxes
-        label = lut[la]
-        label[la == 0] = IGNORE
-        label[ha == 0] = 0
+        la, ha = confident_scores(image, m, alpha_low=alpha_low, alpha_high=alpha_high, crf_params=crf_params)
+        if stride > 1:
+            la, ha = pool_to_grid(la, stride), pool_to_grid(ha, stride)
+        label = labels_from_scores(la, ha, lut)
     else:
         if stride > 1:
             m = pool_to_grid(m, stride)

@@ -10,6 +10,8 @@ import numpy as np
 
 from ..errors import AffinityNetError
 
+UNARIES = ("normalized", "clipped")
+
 _MISSING = (
     "the dense CRF needs the optional dependency pydensecrf2; install it with "
     "pip install 'affinitynet[crf]' (or pip install pydensecrf2), or turn the CRF off in the config"
@@ -36,11 +38,14 @@ def dense_crf(
     bilateral_sxy: float = 80,
     bilateral_srgb: float = 13,
     bilateral_compat: float = 10,
+    unary: str = "normalized",
 ) -> np.ndarray:
     """(H, W, 3) uint8 image, (K, H, W) non-negative scores -> (K, H, W) float32 CRF marginals (sum to 1 per pixel).
 
-    Scores are normalised per pixel before -log (a per-pixel constant in the unary, so the CRF result
-    is that of the unnormalised reference up to the 1e-5 probability clip); an all-zero pixel is uniform.
+    ``unary="normalized"``: scores are normalised per pixel before -log (a per-pixel constant in the
+    unary, so the result differs from the raw scores' only where the 1e-5 probability clip bites); an
+    all-zero pixel is uniform. ``unary="clipped"``: -log of the raw scores clipped to [1e-5, 1], as the
+    AffinityNet release does (its ``crf_inference``, tool/imutils.py).
     """
     image = np.asarray(image)
     probs = np.asarray(probs, dtype=np.float32)
@@ -51,11 +56,14 @@ def dense_crf(
     k, h, w = probs.shape
     if k == 0:
         raise ValueError("dense_crf needs at least one label")
+    if unary not in UNARIES:
+        raise ValueError(f"unknown unary {unary!r} (valid: {', '.join(UNARIES)})")
     dcrf, unary_from_softmax = _densecrf()
 
     p = np.clip(probs, 0.0, None)
-    total = p.sum(axis=0, keepdims=True)
-    p = np.where(total > 0, p / np.maximum(total, np.finfo(np.float32).tiny), 1.0 / k).astype(np.float32)
+    if unary == "normalized":
+        total = p.sum(axis=0, keepdims=True)
+        p = np.where(total > 0, p / np.maximum(total, np.finfo(np.float32).tiny), 1.0 / k).astype(np.float32)
 
     d = dcrf.DenseCRF2D(w, h, k)
     d.setUnaryEnergy(np.ascontiguousarray(unary_from_softmax(p)))

@@ -69,6 +69,23 @@ def pair_indices(
     return idx_from, idx_to
 
 
+@functools.lru_cache(maxsize=64)
+def _reference_positions(h: int, w: int, radius: int) -> torch.Tensor:
+    full_from, full_to = _full_pairs(h, w, radius)
+    ref_from, ref_to = _reference_pairs(h, w, radius)
+    n = h * w
+    full_key = full_from * n + full_to
+    order = torch.argsort(full_key)
+    pos = torch.searchsorted(full_key[order], ref_from * n + ref_to)
+    return order[pos]
+
+
+def reference_subset(h: int, w: int, radius: int) -> torch.Tensor:
+    """(P_ref,) positions in ``pair_indices(h, w, radius)`` of the pairs of ``pair_indices(..., reference=True)``, in its order."""
+    with torch.inference_mode(False):
+        return _reference_positions(int(h), int(w), int(radius))
+
+
 def pair_labels(
     labels: torch.Tensor, idx_from: torch.Tensor, idx_to: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -32,6 +32,23 @@ def stride_grid(h: int, w: int, stride: int) -> tuple[tuple[int, int], tuple[int
     return (gh, gw), (0, gw * stride - w, 0, gh * stride - h)
 
 
+def scoring_set(ctx):
+    """The dataset whose images and masks score the training split's labels: ``eval.score_split`` or the split itself.
+
+    VOC's protocol runs the stages on train_aug and scores the pseudo labels on train (1,464 images);
+    every image of the scoring split must belong to the training split.
+    """
+    split = ctx.cfg.eval.score_split
+    if not split or split == ctx.cfg.data.train_split:
+        return ctx.train_set
+    scored = ctx.dataset(split)
+    outside = sorted(set(scored.names) - set(ctx.train_set.names))
+    if outside:
+        raise StageError(f"eval.score_split={split}: {len(outside)} of its {len(scored)} images are not in the "
+                         f"training split {ctx.cfg.data.train_split} (first: {outside[0]})")
+    return scored
+
+
 def require(path: Path, stage: str) -> Path:
     """``path`` if it exists, else a StageError saying which stage makes it."""
     if not Path(path).exists():
@@ -52,6 +69,30 @@ def load_trained(model: torch.nn.Module, path: Path, device: torch.device, stage
 
     load_checkpoint_into(model, require(path, stage))
     return model.to(device).eval()
+
+
+def use_given_checkpoint(ctx, model: torch.nn.Module, path: str, out_dir: str) -> dict:
+    """Adopt a trained network instead of training one: ``RUN_DIR/out_dir/final.pt`` links to ``path``.
+
+    The file is loaded into ``model`` first (a file that does not fit fails here, naming it);
+    ``out_dir/source.json`` records its absolute path and sha256. Returns the stage's summary.
+    """
+    import os
+
+    from ..io import atomic_path, file_sha256, write_json
+    from ..models import load_checkpoint_into
+
+    source = Path(path).expanduser().resolve()
+    load_checkpoint_into(model, source)
+    digest = file_sha256(source)
+    out = ctx.path(out_dir)
+    if ctx.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        write_json(out / "source.json", {"checkpoint": str(source), "sha256": digest})
+        with atomic_path(out / "final.pt") as tmp:
+            os.symlink(source, tmp)
+    ctx.log.info(f"  using the trained network {source} (sha256 {digest[:16]}) instead of training one")
+    return {"checkpoint": str(source), "sha256": digest[:16]}
 
 
 def train_network(ctx, model: torch.nn.Module, section, dataset, loss_fn, out_dir: str, *, validate=None) -> dict:

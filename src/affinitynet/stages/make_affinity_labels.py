@@ -2,7 +2,11 @@
 
 ``affinity_labels/{name}.png`` holds class ids where the foreground is confident, 0 where the background
 is confident and 255 elsewhere, at image size; AffinityNet training pools them to its feature grid after
-cropping. The dense CRF is CPU-bound, so images are spread over ``affinity_labels.workers`` processes.
+cropping (``affinity_labels.grid_labels: pixels``). With ``grid_labels: scores`` the CRF-refined score
+stacks are kept as well, ``affinity_labels/{name}.npz`` (keys ``keys`` (C',) int16 class ids, ``la`` and
+``ha`` (1 + C', H, W) float16, background first), and training averages them over each 8x8 cell of the
+crop before taking the argmax, as the AffinityNet release does. The dense CRF is CPU-bound, so images
+are spread over ``affinity_labels.workers`` processes.
 """
 from __future__ import annotations
 
@@ -11,14 +15,27 @@ from pathlib import Path
 
 import numpy as np
 
-from ..io import load_label_png, save_label_png, write_json
-from ..ops.confident import confident_labels
+import torch
+
+from ..io import load_label_png, load_npz, save_label_png, save_npz, write_json
+from ..ops.confident import confident_labels, confident_scores, labels_from_scores
 from .common import load_cam
 
 
 def label_file(run_dir: Path, name: str) -> Path:
     """``RUN_DIR/affinity_labels/{name}.png``."""
     return Path(run_dir) / "affinity_labels" / f"{name}.png"
+
+
+def score_file(run_dir: Path, name: str) -> Path:
+    """``RUN_DIR/affinity_labels/{name}.npz``: the CRF score stacks (``grid_labels: scores`` only)."""
+    return Path(run_dir) / "affinity_labels" / f"{name}.npz"
+
+
+def load_scores(run_dir: Path, name: str) -> np.ndarray:
+    """(H, W, 2K) float32: the la stack's K channels, then ha's (channel 0 of each is the background)."""
+    z = load_npz(score_file(run_dir, name))
+    return np.concatenate([z["la"], z["ha"]], axis=0).astype(np.float32).transpose(1, 2, 0)
 
 
 @dataclass
@@ -32,13 +49,22 @@ class _Labeller:
     def __call__(self, name: str) -> None:
         c = self.cfg
         keys, maps = load_cam(self.run_dir, name)
+        image = self.dataset.load_image(name)
         crf_params = dict(iters=c.crf_iters, gauss_sxy=c.crf_gauss_sxy, gauss_compat=c.crf_gauss_compat,
                           bilateral_sxy=c.crf_bilateral_sxy, bilateral_srgb=c.crf_bilateral_srgb,
-                          bilateral_compat=c.crf_bilateral_compat)
-        label = confident_labels(self.dataset.load_image(name), keys, maps, alpha_low=c.alpha_low,
-                                 alpha_high=c.alpha_high, crf=c.crf, crf_params=crf_params,
-                                 fg_threshold=c.fg_threshold, bg_threshold=c.bg_threshold)
-        save_label_png(label_file(self.run_dir, name), label)
+                          bilateral_compat=c.crf_bilateral_compat, unary=c.crf_unary)
+        if c.grid_labels == "scores":
+            la, ha = confident_scores(image, maps, alpha_low=c.alpha_low, alpha_high=c.alpha_high,
+                                      crf_params=crf_params)
+            save_npz(score_file(self.run_dir, name), compressed=True, keys=keys.astype(np.int16),
+                     la=la.numpy().astype(np.float16), ha=ha.numpy().astype(np.float16))
+            lut = torch.cat([torch.zeros(1, dtype=torch.long), torch.from_numpy(keys)])
+            label = labels_from_scores(la, ha, lut).to(torch.uint8).numpy()
+        else:
+            label = confident_labels(image, keys, maps, alpha_low=c.alpha_low, alpha_high=c.alpha_high,
+                                     crf=c.crf, crf_params=crf_params, fg_threshold=c.fg_threshold,
+                                     bg_threshold=c.bg_threshold)
+        save_label_png(label_file(self.run_dir, name), label)  # written last: it marks the image as done
 
 
 def confident_region_quality(dataset, names, label_of) -> dict:
@@ -68,6 +94,10 @@ def run(ctx) -> dict:
     """Write ``affinity_labels/{name}.png`` for every training image; measure their precision when masks exist."""
     ds = ctx.train_set
     cfg = ctx.cfg.affinity_labels
+    if cfg.grid_labels == "scores" and not cfg.crf:
+        from ..errors import ConfigError
+
+        raise ConfigError("affinity_labels.grid_labels=scores averages CRF scores: it needs affinity_labels.crf=true")
     if cfg.crf:
         from ..ops.crf import _densecrf
 

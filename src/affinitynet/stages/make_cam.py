@@ -12,14 +12,19 @@ import torch
 
 from ..io import write_json
 from ..models import build_classifier
-from ..ops.cam import multiscale_cam, normalize_cams, normalize_image
+from ..ops.cam import multiscale_cam, normalize_cams, normalize_image, scaled_images
 from ..ops.metrics import cam_sweep, scores
-from .common import build_trained, cam_file, load_cam, save_cam
+from .common import build_trained, cam_file, load_cam, save_cam, scoring_set
 
 
-def evaluate_cams(ctx, names) -> dict:
-    """CAM-label mIoU at the configured background threshold and over the sweep; the best threshold wins."""
-    ds = ctx.train_set
+def evaluate_cams(ctx, names=None) -> dict:
+    """CAM-label mIoU at the fixed background threshold ``eval.cam_bg_threshold`` (the headline), and the sweep.
+
+    The sweep's best threshold is chosen on the very images it scores, so it is reported beside the
+    headline (``best_threshold``, ``miou_best``), never as it.
+    """
+    ds = scoring_set(ctx)
+    names = ds.names if names is None else names
     thresholds = sorted(set(ctx.cfg.eval.cam_sweep) | {ctx.cfg.eval.cam_bg_threshold})
     k = ds.num_classes + 1
     conf = np.zeros((len(thresholds), k, k + 1), dtype=np.int64)
@@ -29,10 +34,9 @@ def evaluate_cams(ctx, names) -> dict:
     per = [scores(c, ds.label_names) for c in conf]
     best = int(np.argmax([p["miou"] for p in per]))
     default = thresholds.index(ctx.cfg.eval.cam_bg_threshold)
-    result = dict(per[best])
-    result.update(threshold=thresholds[best], miou_at_default=per[default]["miou"],
-                  default_threshold=thresholds[default],
-                  sweep={f"{t:g}": round(p["miou"], 2) for t, p in zip(thresholds, per)})
+    result = dict(per[default])
+    result.update(threshold=thresholds[default], best_threshold=thresholds[best], miou_best=per[best]["miou"],
+                  images=len(names), sweep={f"{t:g}": round(p["miou"], 2) for t, p in zip(thresholds, per)})
     return result
 
 
@@ -45,8 +49,10 @@ def run(ctx) -> dict:
     mean, std = model.backbone.mean, model.backbone.std
 
     def work(name: str) -> None:
-        image = normalize_image(ds.load_image(name), mean, std)
-        cams = multiscale_cam(model, image, cfg.scales, cfg.flip, batched=cfg.batch_scales)
+        raw = ds.load_image(name)
+        image = normalize_image(raw, mean, std)
+        scaled = scaled_images(raw, cfg.scales, mean, std, cfg.resample) if cfg.resample != "bilinear" else None
+        cams = multiscale_cam(model, image, cfg.scales, cfg.flip, batched=cfg.batch_scales, scaled=scaled)
         keys, maps = normalize_cams(cams, torch.from_numpy(ds.load_labels(name)))
         save_cam(cam_file(ctx.run_dir, name), keys, maps)
 
@@ -57,7 +63,7 @@ def run(ctx) -> dict:
 
         save_cam_overlays(ctx, ds.names[:cfg.overlays])
     if ctx.is_main and ds.has_masks:
-        result = evaluate_cams(ctx, ds.names)
+        result = evaluate_cams(ctx)
         write_json(ctx.path("cam", "metrics.json"), result)
         summary.update(miou=round(result["miou"], 2), threshold=result["threshold"])
     return summary

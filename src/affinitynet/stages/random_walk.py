@@ -18,7 +18,7 @@ from ..io import save_label_png, write_json
 from ..models import build_affinitynet
 from ..ops.cam import cam_scores_with_bg, normalize_image
 from ..randomwalk import pair_affinity, pair_indices, propagate_with_affinity
-from .common import build_trained, load_cam, stride_grid
+from .common import build_trained, load_cam, scoring_set, stride_grid
 
 STRIDE = 8
 
@@ -98,7 +98,8 @@ def run(ctx) -> dict:
                             desc="random_walk", workers=workers)
     summary = {"images": len(ds), "computed": counts["done"]}
     if ctx.is_main and ds.has_masks:
-        result = score_label_dir(ctx.path("pseudo_labels"), ds, progress=ctx.progress, desc="pseudo-label mIoU")
+        result = score_label_dir(ctx.path("pseudo_labels"), scoring_set(ctx), progress=ctx.progress,
+                                 desc="pseudo-label mIoU")
         write_json(ctx.path("pseudo_labels", "metrics.json"), result)
         summary["miou"] = round(result["miou"], 2)
     return summary

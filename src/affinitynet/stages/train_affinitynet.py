@@ -1,8 +1,11 @@
 """train_affinitynet: learn pixel affinities from the confident regions.
 
 Each batch: augment image and affinity label map jointly, crop, pool the labels to the stride-8 grid
-(``pool_label_map``), label every pair within the radius as background-positive / foreground-positive /
-negative, and minimise bg/4 + fg/4 + neg/2 of -log a, -log a, -log(1 - a). After each epoch the
+(``pool_label_map``; with ``affinity_labels.grid_labels: scores`` the CRF score stacks are cropped with
+the image and averaged per cell before the argmax, ``grid_labels_from_scores``), label every pair within
+the radius as background-positive / foreground-positive / negative (all pairs, or the release's
+border-trimmed set with ``affinitynet.reference_pairs``), and minimise bg/4 + fg/4 + neg/2 of -log a,
+-log a, -log(1 - a). After each epoch the
 average precision of the predicted affinities on held-out images (pairs labelled from their masks)
 says how well they separate same-class from different-class pairs.
 """
@@ -20,10 +23,11 @@ from ..io import load_label_png, write_json
 from ..models import build_affinitynet
 from ..ops.affinity import affinity_loss, grid_pair_affinity
 from ..ops.cam import normalize_image
-from ..ops.confident import pool_label_map
+from ..ops.confident import grid_labels_from_scores, pool_label_map
 from ..ops.metrics import average_precision
-from ..ops.pairs import pair_indices, pair_labels
-from .common import require, stride_grid, train_network
+from ..ops.pairs import pair_indices, pair_labels, reference_subset
+from .common import require, stride_grid, train_network, use_given_checkpoint
+from .make_affinity_labels import load_scores, score_file
 
 STRIDE = 8
 VAL_IMAGES = 200  # held-out images scored after each epoch
@@ -33,15 +37,19 @@ def _affinity_label(run_dir: Path, name: str) -> np.ndarray:
     return load_label_png(Path(run_dir) / "affinity_labels" / f"{name}.png")
 
 
-def affinity_batch_loss(model, batch, device, *, radius: int, num_classes: int):
-    """Affinity loss of one batch: images (B, 3, S, S), label maps (B, S, S) with 255 ignore."""
+def affinity_batch_loss(model, batch, device, *, radius: int, num_classes: int, reference_pairs: bool = False):
+    """Affinity loss of one batch: images (B, 3, S, S), label maps (B, S, S) or (B, h, w) on the feature grid, 255 ignore."""
     x, label = batch
     feat = model(x.to(device, non_blocking=True))
     h, w = feat.shape[-2:]
-    grid = pool_label_map(label.to(device), num_classes, STRIDE)[..., :h, :w]
-    idx_from, idx_to = pair_indices(h, w, radius, device=feat.device)
+    label = label.to(device)
+    grid = label if label.shape[-2:] == (h, w) else pool_label_map(label, num_classes, STRIDE)[..., :h, :w]
+    idx_from, idx_to = pair_indices(h, w, radius, reference=reference_pairs, device=feat.device)
     bg_pos, fg_pos, neg = pair_labels(grid, idx_from, idx_to)
-    loss, parts = affinity_loss(grid_pair_affinity(feat, radius), bg_pos, fg_pos, neg)
+    aff = grid_pair_affinity(feat, radius)
+    if reference_pairs:
+        aff = aff[:, reference_subset(h, w, radius).to(aff.device)]
+    loss, parts = affinity_loss(aff, bg_pos, fg_pos, neg)
     return loss, parts
 
 
@@ -69,15 +77,34 @@ def affinity_ap(model, dataset, device, radius: int, limit: int = VAL_IMAGES) ->
 
 
 def run(ctx) -> dict:
-    """Train AffinityNet into ``affinitynet/`` (resumes from ``affinitynet/last.pt``)."""
+    """Train AffinityNet into ``affinitynet/`` (resumes from ``affinitynet/last.pt``), or adopt ``affinitynet.checkpoint``."""
     cfg = ctx.cfg.affinitynet
     ds = ctx.train_set
+    if cfg.checkpoint:
+        import dataclasses
+
+        model = build_affinitynet(dataclasses.replace(cfg, pretrained="")).to(ctx.device)
+        summary = use_given_checkpoint(ctx, model, cfg.checkpoint, "affinitynet")
+        val = ctx.val_set
+        if ctx.is_main and val.has_masks and len(val):
+            metrics = affinity_ap(model, val, ctx.device, cfg.radius)
+            write_json(ctx.path("affinitynet", "metrics.json"), metrics)
+            summary["ap"] = round(metrics["ap"], 2)
+        return summary
+    from_scores = ctx.cfg.affinity_labels.grid_labels == "scores"
     for name in ds.names[:1]:
-        require(ctx.run_dir / "affinity_labels" / f"{name}.png", "make_affinity_labels")
+        require(score_file(ctx.run_dir, name) if from_scores else ctx.run_dir / "affinity_labels" / f"{name}.png",
+                "make_affinity_labels")
     model = build_affinitynet(cfg)
-    data = LabelMapSet(ds, ds.names, functools.partial(_affinity_label, ctx.run_dir),
-                       TrainTransform("aff", cfg, model.backbone.mean, model.backbone.std), seed=ctx.cfg.runtime.seed)
-    loss_fn = functools.partial(affinity_batch_loss, radius=cfg.radius, num_classes=ds.num_classes + 1)
+    transform = TrainTransform("aff", cfg, model.backbone.mean, model.backbone.std)
+    if from_scores:
+        data = LabelMapSet(ds, ds.names, functools.partial(load_scores, ctx.run_dir), transform,
+                           seed=ctx.cfg.runtime.seed, reduce=functools.partial(grid_labels_from_scores, stride=STRIDE))
+    else:
+        data = LabelMapSet(ds, ds.names, functools.partial(_affinity_label, ctx.run_dir), transform,
+                           seed=ctx.cfg.runtime.seed)
+    loss_fn = functools.partial(affinity_batch_loss, radius=cfg.radius, num_classes=ds.num_classes + 1,
+                                reference_pairs=cfg.reference_pairs)
     val = ctx.val_set
     validate = (lambda m: affinity_ap(m, val, ctx.device, cfg.radius)) if val.has_masks and len(val) else None
     result = train_network(ctx, model, cfg, data, loss_fn, "affinitynet", validate=validate)

@@ -15,7 +15,7 @@ from ..io import write_json
 from ..models import build_classifier
 from ..ops.cam import normalize_image
 from ..ops.metrics import average_precision
-from .common import train_network
+from .common import train_network, use_given_checkpoint
 
 VAL_IMAGES = 500  # validation after each epoch looks at no more than this many images
 
@@ -45,9 +45,19 @@ def classification_metrics(model, dataset, device, limit: int = VAL_IMAGES) -> d
 
 
 def run(ctx) -> dict:
-    """Train the classifier into ``classifier/`` (resumes from ``classifier/last.pt``)."""
+    """Train the classifier into ``classifier/`` (resumes from ``classifier/last.pt``), or adopt ``cam.checkpoint``."""
     cfg = ctx.cfg.cam
     ds = ctx.train_set
+    if cfg.checkpoint:
+        import dataclasses
+
+        model = build_classifier(dataclasses.replace(cfg, pretrained=""), ds.num_classes).to(ctx.device)
+        summary = use_given_checkpoint(ctx, model, cfg.checkpoint, "classifier")
+        if ctx.is_main and len(ctx.val_set):
+            metrics = classification_metrics(model, ctx.val_set, ctx.device)
+            write_json(ctx.path("classifier", "metrics.json"), metrics)
+            summary["map"] = round(metrics["map"], 2)
+        return summary
     model = build_classifier(cfg, ds.num_classes)
     data = ClassificationSet(ds, TrainTransform("cls", cfg, model.backbone.mean, model.backbone.std),
                              seed=ctx.cfg.runtime.seed)
