@@ -20,6 +20,9 @@ class DataError(AffinityNetError):
         self.problem = problem
         super().__init__(f"{self.path}: {problem}")
 
+    def __reduce__(self):  # rebuilt from (path, problem) when a worker process sends it back
+        return type(self), (self.path, self.problem)
+
 
 class StageError(AffinityNetError):
     """A pipeline stage cannot run (missing inputs, not built, diverged training)."""

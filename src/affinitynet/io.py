@@ -8,7 +8,7 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+from PIL import ExifTags, Image, ImageOps
 
 from .errors import DataError
 
@@ -117,15 +117,68 @@ def load_label_png(path, *, expect_size: tuple[int, int] | None = None) -> np.nd
 
 
 def load_image(path) -> np.ndarray:
-    """Read an image file -> (H, W, 3) uint8 RGB; a missing or corrupt file raises DataError naming it."""
+    """Read an image file -> (H, W, 3) uint8 RGB as displayed; a missing or corrupt file raises DataError naming it.
+
+    The EXIF orientation tag is applied (a phone photo stored sideways comes out upright, as annotation tools
+    show it); 16-bit and float images are scaled to 8 bits (``rgb8``); palette, grey, alpha and CMYK images
+    become RGB (alpha is dropped). Label masks are read by ``load_label_png`` instead, never rotated or scaled.
+    """
     try:
         with Image.open(path) as img:
             img.load()
-            return np.asarray(img.convert("RGB"), dtype=np.uint8).copy()
+            ImageOps.exif_transpose(img, in_place=True)
+            return rgb8(img)
+    except FileNotFoundError:
+        raise DataError(path, "image file not found") from None
+    except PixelRangeError as e:
+        raise DataError(path, str(e)) from None
+    except Exception as e:
+        raise DataError(path, f"cannot read image ({e})") from None
+
+
+class PixelRangeError(ValueError):
+    """Pixel values of a 32-bit or float image that no 8-bit mapping places."""
+
+
+def rgb8(img: Image.Image) -> np.ndarray:
+    """A PIL image of any mode -> (H, W, 3) uint8 RGB.
+
+    16-bit grey (``I;16*``, and ``I`` holding 0..65535) maps 0..65535 onto 0..255 (round(v / 257)); float
+    grey (``F``) must hold values in [0, 1], mapped onto 0..255. Anything else goes through PIL's RGB
+    conversion. Values those rules cannot place raise PixelRangeError.
+    """
+    if img.mode.startswith("I;16") or img.mode == "I":
+        a = np.asarray(img).astype(np.int64)
+        if a.size and (a.min() < 0 or a.max() > 65535):
+            raise PixelRangeError(f"32-bit integer image with values {a.min()}..{a.max()} outside 0..65535; "
+                                  f"save it as an 8- or 16-bit image")
+        grey = ((a * 255 + 32767) // 65535).astype(np.uint8)
+    elif img.mode == "F":
+        a = np.asarray(img, dtype=np.float64)
+        if a.size and not (np.isfinite(a).all() and a.min() >= 0.0 and a.max() <= 1.0):
+            raise PixelRangeError(f"floating-point image with values {np.nanmin(a):g}..{np.nanmax(a):g} outside "
+                                  f"[0, 1]; save it as an 8- or 16-bit image")
+        grey = np.rint(a * 255.0).astype(np.uint8)
+    else:
+        return np.asarray(img.convert("RGB"), dtype=np.uint8).copy()
+    return np.repeat(grey[:, :, None], 3, axis=2)
+
+
+def image_size(path) -> tuple[int, int]:
+    """(H, W) of an image file as displayed (EXIF orientation applied), without decoding the pixels of a JPEG."""
+    try:
+        with Image.open(path) as img:
+            w, h = img.size
+            if img.getexif().get(ExifTags.Base.Orientation, 1) in _TRANSPOSING:
+                w, h = h, w
     except FileNotFoundError:
         raise DataError(path, "image file not found") from None
     except Exception as e:
         raise DataError(path, f"cannot read image ({e})") from None
+    return h, w
+
+
+_TRANSPOSING = (5, 6, 7, 8)  # EXIF orientations that swap width and height
 
 
 def save_npz(path, compressed: bool = False, **arrays) -> None:

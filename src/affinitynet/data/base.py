@@ -9,7 +9,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 
 from .. import io
 from ..errors import DataError
@@ -59,19 +58,11 @@ class SegDataset(torch.utils.data.Dataset):
         return False
 
     def image_size(self, name: str) -> tuple[int, int]:
-        """(H, W) of the image, read from the file header without decoding the pixels."""
-        path = self.image_path(name)
-        try:
-            with Image.open(path) as img:
-                w, h = img.size
-        except FileNotFoundError:
-            raise DataError(path, "image file not found") from None
-        except Exception as e:
-            raise DataError(path, f"cannot read image ({e})") from None
-        return h, w
+        """(H, W) of the image as displayed (EXIF orientation applied), read from the file header."""
+        return io.image_size(self.image_path(name))
 
     def load_image(self, name: str) -> np.ndarray:
-        """(H, W, 3) uint8 RGB image."""
+        """(H, W, 3) uint8 RGB image as displayed (see ``io.load_image``)."""
         return io.load_image(self.image_path(name))
 
     def load_labels(self, name: str) -> np.ndarray:

@@ -323,7 +323,7 @@ def render_samples(root, out, *, split: str = "val", n: int = 6, gap: int = 4) -
     """Write a PNG grid: ``n`` images of ``split`` on top, their colour masks underneath; returns ``out``."""
     root = Path(root)
     names = (root / "ImageSets" / "Segmentation" / f"{split}.txt").read_text().split()[:n]
-    images = [Image.open(root / "JPEGImages" / f"{nm}.jpg").convert("RGB") for nm in names]
+    images = [Image.fromarray(io.load_image(root / "JPEGImages" / f"{nm}.jpg")) for nm in names]
     masks = [io.label_to_pil(io.load_label_png(root / "SegmentationClass" / f"{nm}.png")).convert("RGB")
              for nm in names]
     w, h = images[0].size
