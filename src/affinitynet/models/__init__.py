@@ -15,6 +15,7 @@ from .checkpoint import (
     reference_to_ours,
 )
 from .nets import ASPP, HEADS, AffinityNet, Classifier, DeepLab, LargeFOV
+from .pretrained import resolve_pretrained
 from .resnet import ResNet
 from .resnet38 import ResNet38
 from .tiny import TinyNet
@@ -28,12 +29,13 @@ BACKBONES = {
 
 
 def build_backbone(name: str, *, output_stride: int = 8, pretrained: str = "", **options) -> Backbone:
-    """A backbone by name (see ``BACKBONES``), with weights from the local file ``pretrained`` if given."""
+    """A backbone by name (see ``BACKBONES``), with weights from the file ``pretrained`` (or ``imagenet``) if given."""
     if name not in BACKBONES:
         raise ConfigError(f"unknown backbone '{name}' (valid: {', '.join(BACKBONES)})")
+    weights = resolve_pretrained(pretrained, name)
     backbone = BACKBONES[name](output_stride=output_stride, **options)
-    if pretrained:
-        load_backbone_weights(backbone, pretrained)
+    if weights:
+        load_backbone_weights(backbone, weights)
     return backbone
 
 
@@ -81,4 +83,5 @@ __all__ = [
     "load_reference_checkpoint",
     "read_state_dict",
     "reference_to_ours",
+    "resolve_pretrained",
 ]

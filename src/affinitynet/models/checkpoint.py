@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from ..errors import DataError
+from .mxnet_params import is_params_file, read_resnet38_params
 
 # keys of heads that a backbone never holds: the reference's classifier / AffinityNet heads, torchvision's fc
 REFERENCE_HEAD_PREFIXES = ("fc8.", "f8_3.", "f8_4.", "f8_5.", "f9.")
@@ -24,10 +25,12 @@ def strip_module_prefix(state: dict) -> dict:
 
 
 def read_state_dict(path) -> dict[str, torch.Tensor]:
-    """Read a checkpoint file on the CPU: a state dict, or our checkpoint dict holding one under ``model``."""
+    """Read a checkpoint on the CPU: a state dict, our checkpoint (state under ``model``), MXNet ResNet-38 weights."""
     path = Path(path)
     if not path.is_file():
         raise DataError(path, "checkpoint file not found")
+    if path.suffix == ".params" or is_params_file(path):  # ademxapp's ResNet-38 ImageNet weights
+        return read_resnet38_params(path)
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # truncated zip, pickle of foreign objects, not a torch file at all
