@@ -2,8 +2,11 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import errno
+import signal
 import sys
+import threading
 from pathlib import Path
 
 from . import __version__
@@ -157,15 +160,37 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (``kill``, a cluster scheduler's stop) raised in the main thread: the run stops as on Ctrl-C."""
+
+
+def _raise_terminated(signum, frame):
+    raise Terminated()
+
+
+@contextlib.contextmanager
+def _sigterm_stops_the_run():
+    """Turn SIGTERM into ``Terminated`` for the block (main thread only); the previous handler comes back after."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def main(argv=None) -> int:
-    """Entry point of the console script."""
+    """Entry point of the console script; exit status 0, 1 (problems found), 2 (error), 130 (Ctrl-C), 143 (SIGTERM)."""
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
     try:
-        return int(args.func(args) or 0)
+        with _sigterm_stops_the_run():
+            return int(args.func(args) or 0)
     except AffinityNetError as e:
         if args.debug:
             raise
@@ -179,9 +204,10 @@ def main(argv=None) -> int:
                 if e.errno == errno.ENOSPC else "")
         print(f"affinitynet: error: {where}{e.strerror or e}{hint}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("affinitynet: interrupted; finished work is kept, re-run the same command to resume", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as e:
+        stopped = "stopped by SIGTERM" if isinstance(e, Terminated) else "interrupted"
+        print(f"affinitynet: {stopped}; finished work is kept, re-run the same command to resume", file=sys.stderr)
+        return 143 if isinstance(e, Terminated) else 130
 
 
 if __name__ == "__main__":

@@ -1,11 +1,16 @@
 """Run directories: resolved config, manifest of finished stages, resumable per-image work, the stage runner."""
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib
+import json
 import logging
 import multiprocessing as mp
+import os
 import shutil
+import signal
+import socket
 import sys
 import time
 from dataclasses import dataclass, field
@@ -16,7 +21,7 @@ import torch
 
 from . import config as config_mod
 from .config import Config
-from .errors import AffinityNetError, StageError
+from .errors import AffinityNetError, DataError, StageError
 from .io import file_sha256, read_json, write_json, write_text
 from .pipeline import STAGE_NAMES, STAGES, StageSpec, stage_spec
 
@@ -111,15 +116,23 @@ class StageContext:
         return progress(iterable, desc=desc, total=total, enabled=self.cfg.runtime.progress and self.is_main)
 
     def map_images(self, names: list[str], output_of: Callable[[str], Path], work: Callable[[str], None], *,
-                   desc: str, workers: int = 1) -> dict:
+                   desc: str, workers: int = 1, image_of: Callable[[str], Path] | None = None,
+                   memory_key: str = "") -> dict:
         """Run ``work(name)`` for every image whose output file is missing: resumable and sharded by rank.
 
         ``work`` writes ``output_of(name)`` atomically. With ``workers > 1`` a process pool runs it
         (``work`` must then be picklable); each rank gets its own pool, capped at this machine's cores
         divided by the job's processes on it. Every rank checks that all images (not just its shard)
         have their output before the stage may finish. Returns counts of done / skipped images over all ranks.
+        With ``memory_key`` (a ``section.key`` that bounds the image size), running out of memory on one
+        image stops the stage with a one-line error naming ``image_of(name)`` and that key.
         """
         from .dist import all_gather_object, available_cores, barrier, shard
+
+        if memory_key:
+            section, key = memory_key.split(".")
+            work = OutOfMemoryReport(work, image_of or output_of, f"{desc} on {self.device}", memory_key,
+                                     getattr(self.cfg.section(section), key))
 
         if workers > 1:
             share = max(1, available_cores() // max(1, self.local_world_size))
@@ -136,7 +149,7 @@ class StageContext:
             self.log.info(f"  {desc}: {skipped} of {len(names)} images already done, resuming")
         if workers > 1 and len(todo) > 1:
             # spawn, not fork: a forked child of a process that already ran OpenMP/CUDA work can hang
-            with mp.get_context("spawn").Pool(workers, initializer=torch.set_num_threads, initargs=(1,)) as pool:
+            with mp.get_context("spawn").Pool(workers, initializer=_pool_worker_init) as pool:
                 for _ in self.progress(pool.imap_unordered(work, todo, chunksize=1), desc=desc, total=len(todo)):
                     pass
         else:
@@ -148,6 +161,43 @@ class StageContext:
             raise StageError(f"{desc}: {len(missing)} outputs missing after the stage ran "
                              f"(first: {output_of(missing[0])}); re-run to resume")
         return {"done": done, "skipped": skipped}
+
+
+def _pool_worker_init() -> None:
+    """A pool worker: one thread, and Ctrl-C left to the parent, which terminates the pool."""
+    torch.set_num_threads(1)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def is_out_of_memory(err: BaseException) -> bool:
+    """Whether ``err`` says a device or the host ran out of memory (CUDA, MPS, the CPU allocator, numpy)."""
+    if isinstance(err, (MemoryError, torch.cuda.OutOfMemoryError)):
+        return True
+    text = str(err)
+    return isinstance(err, RuntimeError) and any(
+        s in text for s in ("out of memory", "DefaultCPUAllocator: can't allocate memory", "not enough memory"))
+
+
+@dataclass
+class OutOfMemoryReport:
+    """``work(name)`` whose running out of memory becomes a one-line DataError naming the image and ``key``."""
+
+    work: Callable[[str], None]
+    image_of: Callable[[str], Path]
+    where: str  # "make_cam on cuda:0"
+    key: str  # the section.key that bounds the image size
+    value: int
+
+    def __call__(self, name: str) -> None:
+        try:
+            self.work(name)
+        except (RuntimeError, MemoryError) as e:
+            if not is_out_of_memory(e):
+                raise
+            lower = (f"lower {self.key} (now {self.value})" if self.value > 0
+                     else f"set {self.key} (now 0: no bound), e.g. to 1000")
+            raise DataError(self.image_of(name), f"out of memory in {self.where}; {lower} and re-run the same "
+                                                 f"command to resume (finished images are kept)") from None
 
 
 # ----------------------------------------------------------------------------- manifest
@@ -179,6 +229,59 @@ def _save_manifest(run_dir: Path, stages: dict) -> None:
 
 def _outputs_present(run_dir: Path, spec: StageSpec) -> bool:
     return all((run_dir / o).exists() for o in spec.outputs)
+
+
+LOCK = ".affinitynet.lock"
+
+
+def _lock_holder(text: str) -> str:
+    """``pid 123 on host, since 14:02:11: affinitynet run ...`` from a lock file's JSON (best effort)."""
+    try:
+        h = json.loads(text)
+        command = h["command"] if len(h["command"]) <= 120 else h["command"][:117] + "..."
+        return f"pid {h['pid']} on {h['host']}, since {h['started']}: {command}"
+    except (ValueError, KeyError, TypeError):
+        return "holder unknown"
+
+
+@contextlib.contextmanager
+def run_lock(run_dir: Path, is_main: bool = True):
+    """Hold ``RUN_DIR/.affinitynet.lock`` (an OS lock, ``flock``) for the block: one run per directory at a time.
+
+    The kernel drops the lock when the holding process ends, however it ends, so a crashed or killed run
+    never blocks the next one. Only rank 0 locks; when another process holds the lock, every rank raises a
+    StageError naming the directory and that process (written into the lock file by its holder).
+    """
+    from .dist import broadcast_object
+
+    fd, problem = None, None
+    if is_main:
+        fd = os.open(Path(run_dir) / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            import fcntl
+
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except ImportError:  # Windows: no flock, no lock
+            pass
+        except BlockingIOError:
+            holder = _lock_holder(os.pread(fd, 4096, 0).decode("utf-8", "replace"))
+            problem = (f"{run_dir}: run directory in use by another affinitynet process ({holder}); wait for it "
+                       f"to end or stop it, then re-run")
+            os.close(fd)
+            fd = None
+        else:
+            me = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+                  "command": " ".join(["affinitynet", *sys.argv[1:]])}
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, (json.dumps(me) + "\n").encode(), 0)
+    problem = broadcast_object(problem)
+    if problem:
+        raise StageError(problem)
+    try:
+        yield
+    finally:
+        if fd is not None:
+            os.close(fd)  # releases the lock; the file stays, naming the last holder
 
 
 def remove_stale_temp_files(run_dir: Path) -> int:
@@ -232,8 +335,7 @@ def select_stages(start: str | None, stop: str | None) -> list[StageSpec]:
 def run_pipeline(cfg: Config, run_dir: Path, *, start: str | None = None, stop: str | None = None,
                  force: Iterable[str] = (), verbose: bool = True) -> list[StageResult]:
     """Run the selected stages in order, skipping finished ones whose inputs did not change."""
-    from .dist import (available_cores, barrier, broadcast_object, cleanup, init_distributed, is_initialized,
-                       resolve_device, seed_everything, threads_per_process)
+    from .dist import init_distributed, is_initialized, resolve_device, threads_per_process
 
     run_dir = Path(run_dir)
     owns_group = not is_initialized()  # a process group joined here is left here once every stage ran
@@ -244,6 +346,16 @@ def run_pipeline(cfg: Config, run_dir: Path, *, start: str | None = None, stop: 
         torch.set_num_threads(threads)
     if info.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
+    with run_lock(run_dir, info.is_main):
+        return _run_stages(cfg, run_dir, info, device, owns_group, start=start, stop=stop, force=force,
+                           verbose=verbose)
+
+
+def _run_stages(cfg: Config, run_dir: Path, info, device: torch.device, owns_group: bool, *, start, stop, force,
+                verbose: bool) -> list[StageResult]:
+    """``run_pipeline`` once the run directory is locked: the stages, in order."""
+    from .dist import available_cores, barrier, broadcast_object, cleanup, seed_everything
+
     barrier()
     log = setup_logging(run_dir / "log.txt", verbose=verbose, main_process=info.is_main)
     force = {stage_spec(f).name for f in force}
@@ -303,9 +415,11 @@ def run_pipeline(cfg: Config, run_dir: Path, *, start: str | None = None, stop: 
         t0 = time.time()
         try:
             summary = fn(ctx) or {}
-        except BaseException:
+        except BaseException as e:
             results.append(StageResult(spec.name, "failed", time.time() - t0))
             if info.is_main:
+                if isinstance(e, KeyboardInterrupt):  # Ctrl-C, SIGTERM: a terminated pool worker's half-written file
+                    remove_stale_temp_files(run_dir)
                 _print_table(results, log)
             raise
         seconds = time.time() - t0
