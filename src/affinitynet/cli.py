@@ -42,7 +42,7 @@ def cmd_run(args) -> int:
 
     cfg = _load_config(args.config, args.set)
     results = run_pipeline(cfg, Path(args.out), start=args.start, stop=args.stop, force=args.force or [])
-    return 0 if all(r.status in ("done", "skipped") for r in results) else 1
+    return 0 if all(r.status in ("done", "skipped", "not needed") for r in results) else 1
 
 
 def cmd_demo(args) -> int:

@@ -35,7 +35,7 @@ def score_label_dir(pred_dir: Path, dataset, names=None, **kw) -> dict:
         raise DataError(pred_dir / f"{missing[0]}.png",
                         f"prediction missing ({len(missing)} of {len(names)} images have none)")
     conf = accumulate(dataset, names, lambda n: load_label_png(pred_dir / f"{n}.png"), **kw)
-    return scores(conf, dataset.label_names)
+    return dict(scores(conf, dataset.label_names), images=len(names))
 
 
 def evaluate_command(pred_dir: Path, data: str, split: str | None, out: Path | None, overrides=()) -> dict:

@@ -64,7 +64,7 @@ def scaled_images(image: np.ndarray, scales: Sequence[float], mean: Sequence[flo
     out = []
     for s in scales:
         sh, sw = _scaled_size(h, w, s)
-        scaled = img if (sh, sw) == (h, w) else np.asarray(Image.fromarray(img).resize((sw, sh), Image.BICUBIC))
+        scaled = img if (sh, sw) == (h, w) else np.array(Image.fromarray(img).resize((sw, sh), Image.BICUBIC))
         out.append(normalize_image(scaled, mean, std))
     return out
 

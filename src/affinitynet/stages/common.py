@@ -90,6 +90,7 @@ def use_given_checkpoint(ctx, model: torch.nn.Module, path: str, out_dir: str) -
         out.mkdir(parents=True, exist_ok=True)
         write_json(out / "source.json", {"checkpoint": str(source), "sha256": digest})
         with atomic_path(out / "final.pt") as tmp:
+            tmp.unlink()  # the placeholder file atomic_path made: a link takes its name
             os.symlink(source, tmp)
     ctx.log.info(f"  using the trained network {source} (sha256 {digest[:16]}) instead of training one")
     return {"checkpoint": str(source), "sha256": digest[:16]}
