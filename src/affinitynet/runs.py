@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import importlib
 import json
@@ -249,7 +250,8 @@ def run_lock(run_dir: Path, is_main: bool = True):
     """Hold ``RUN_DIR/.affinitynet.lock`` (an OS lock, ``flock``) for the block: one run per directory at a time.
 
     The kernel drops the lock when the holding process ends, however it ends, so a crashed or killed run
-    never blocks the next one. Only rank 0 locks; when another process holds the lock, every rank raises a
+    never blocks the next one; where the OS or file system has no locks (Windows, some network mounts) the
+    run goes on unlocked. Only rank 0 locks; when another process holds the lock, every rank raises a
     StageError naming the directory and that process (written into the lock file by its holder).
     """
     from .dist import broadcast_object
@@ -269,6 +271,11 @@ def run_lock(run_dir: Path, is_main: bool = True):
                        f"to end or stop it, then re-run")
             os.close(fd)
             fd = None
+        except OSError as e:
+            if e.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOTSUP):
+                os.close(fd)
+                raise
+            # a file system without locks (some network mounts): the run goes on unlocked
         else:
             me = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%d %H:%M:%S"),
                   "command": " ".join(["affinitynet", *sys.argv[1:]])}
