@@ -143,6 +143,21 @@ def test_train_transform_upsamples_a_coarse_label_and_needs_one():
         TrainTransform("bogus", Seg())
 
 
+def test_train_transform_shrinks_an_image_whose_largest_scale_exceeds_the_bound():
+    img = np.full((900, 1200, 3), 7, np.uint8)
+    label = np.ones((900, 1200), np.uint8)
+    cfg = type("C", (), {"crop_size": 400, "scale_range": [0.5, 1.5], "color_jitter": 0.0})()
+    t = TrainTransform("seg", cfg, max_long_side=300)
+    for seed in range(4):  # the image is first shrunk to 200 x 150, then scaled by at most 1.5
+        _, y = t(img, label, np.random.default_rng(seed))
+        rows, cols = np.nonzero((y != 255).numpy())
+        assert cols.max() - cols.min() + 1 <= 300 and rows.max() - rows.min() + 1 <= 225
+    small = np.full((90, 120, 3), 7, np.uint8)  # within the bound: untouched, as without one
+    a = TrainTransform("seg", cfg, max_long_side=300)(small, label[:90, :120], np.random.default_rng(0))
+    b = TrainTransform("seg", cfg)(small, label[:90, :120], np.random.default_rng(0))
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+
+
 class FakeDataset:
     names = [f"n{i}" for i in range(6)]
 

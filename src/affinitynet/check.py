@@ -182,6 +182,12 @@ def check_config(cfg: Config, report: CheckReport | None = None) -> CheckReport:
     _at_least(report, "random_walk.logt", w.logt, 0)
     _at_least(report, "random_walk.radius", w.radius, 1)
     _at_least(report, "random_walk.workers", w.workers, 1)
+    for key in ("cam.max_long_side", "random_walk.max_long_side", "segmentation.max_long_side",
+                "segmentation.test_max_long_side"):
+        section, name = key.split(".")
+        bound = getattr(cfg.section(section), name)
+        if bound != 0 and bound < MIN_CROP:
+            report.add(key, f"must be 0 (no bound) or at least {MIN_CROP} pixels, got {bound}")
 
     e = cfg.eval
     if not 0 < e.cam_bg_threshold < 1:

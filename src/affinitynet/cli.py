@@ -74,7 +74,8 @@ def cmd_predict(args) -> int:
     from .stages.segment import predict_images
 
     predict_images(Path(args.checkpoint), [Path(p) for p in args.images], Path(args.out), device=args.device,
-                   scales=args.scales, flip=args.flip, crf=args.crf, fmt=args.format)
+                   scales=args.scales, flip=args.flip, crf=args.crf, fmt=args.format,
+                   max_long_side=args.max_long_side)
     return 0
 
 
@@ -148,6 +149,9 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--scales", type=float, nargs="+", default=[1.0], help="test scales (default 1.0)")
     pr.add_argument("--flip", action=argparse.BooleanOptionalAction, default=False, help="flip averaging")
     pr.add_argument("--crf", action=argparse.BooleanOptionalAction, default=False, help="dense CRF refinement")
+    pr.add_argument("--max-long-side", type=int, default=None, metavar="PIXELS",
+                    help="shrink larger images so that the largest scale's input has this long side; masks keep "
+                         "the image size (default: the checkpoint's segmentation.test_max_long_side; 0: no bound)")
     pr.add_argument("--format", choices=("png", "voc-test"), default="png",
                     help="png: OUT/NAME.png; voc-test: the VOC evaluation server's "
                          "results/VOC2012/Segmentation/comp6_test_cls layout")

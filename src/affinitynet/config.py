@@ -60,6 +60,7 @@ class CamConfig:
     flip: bool = True
     batch_scales: bool = True  # batch the flipped pair and share one forward per scale
     overlays: int = 8  # PNG overlays written for the first N images (0: none)
+    max_long_side: int = 1000  # long side of the largest-scale input; larger images are shrunk first (0: no bound)
 
 
 @dataclass
@@ -118,6 +119,7 @@ class RandomWalkConfig:
     reference_pairs: bool = False  # reproduce the reference code's border-trimmed pair set
     crf: bool = False  # dense CRF on the propagated scores
     workers: int = 1
+    max_long_side: int = 1000  # long side of AffinityNet's input (after scale); larger images shrink (0: no bound)
 
 
 @dataclass
@@ -138,10 +140,12 @@ class SegmentationConfig:
     poly_power: float = 0.9
     crop_size: int = 321
     scale_range: list[float] = field(default_factory=lambda: [0.5, 1.5])
+    max_long_side: int = 1000  # training images shrink so that the largest scale_range fits it (0: no bound)
     color_jitter: float = 0.0
     # segment (inference only)
     test_scales: list[float] = field(default_factory=lambda: [0.5, 0.75, 1.0, 1.25, 1.5])
     test_flip: bool = True
+    test_max_long_side: int = 1000  # long side of the largest test-scale input; larger images are shrunk (0: no bound)
     crf: bool = False
     split: str = "val"
 

@@ -28,10 +28,14 @@ def _given(section: str):
 _CAM_INFERENCE = ("cam.scales", "cam.flip", "cam.batch_scales", "cam.overlays")
 _SEG_INFERENCE = ("segmentation.test_scales", "segmentation.test_flip", "segmentation.crf", "segmentation.split")
 _WORKERS = ("affinity_labels.workers", "random_walk.workers")
+# Bounds on the networks' input size: like worker counts they never invalidate finished work, so lowering one
+# after an out-of-memory error resumes the stage (an image within both bounds comes out the same either way).
+_SIZE_BOUNDS = ("cam.max_long_side", "random_walk.max_long_side", "segmentation.test_max_long_side")
 
 STAGES: tuple[StageSpec, ...] = (
     StageSpec("train_cam", "train the classification network (multi-label soft margin)",
-              ("data", "cam"), outputs=("classifier/final.pt",), exclude=_CAM_INFERENCE, files=_given("cam")),
+              ("data", "cam"), outputs=("classifier/final.pt",), exclude=_CAM_INFERENCE + _SIZE_BOUNDS,
+              files=_given("cam")),
     StageSpec("make_cam", "class activation maps of the training images (multi-scale + flip)",
               _CAM_INFERENCE, upstream=("train_cam",), outputs=("cam",)),
     StageSpec("make_affinity_labels", "confident fg/bg regions (dense CRF) -> affinity label maps",
@@ -42,10 +46,10 @@ STAGES: tuple[StageSpec, ...] = (
               outputs=("affinitynet/final.pt",), files=_given("affinitynet")),
     StageSpec("random_walk", "propagate CAMs with AffinityNet affinities -> pseudo labels",
               ("random_walk",), upstream=("make_cam", "train_affinitynet"), outputs=("pseudo_labels",),
-              exclude=_WORKERS),
+              exclude=_WORKERS + _SIZE_BOUNDS),
     StageSpec("train_segmentation", "train the segmentation network on the pseudo labels",
               ("segmentation",), upstream=("train_cam", "random_walk"), outputs=("segmentation/final.pt",),
-              exclude=_SEG_INFERENCE),
+              exclude=_SEG_INFERENCE + _SIZE_BOUNDS),
     StageSpec("segment", "predict the evaluation split with the segmentation network",
               _SEG_INFERENCE, upstream=("train_segmentation",), outputs=("predictions",)),
     StageSpec("evaluate", "mIoU of every stage's labels -> metrics.json and report.html",

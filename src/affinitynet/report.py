@@ -506,7 +506,8 @@ def _section_images(run_dir: Path, cfg: Config, n: int) -> str:
             elif c.key == "random_walk":
                 pic, nearest = label_colours(load_label_png(c.path_of(name))), True
             elif c.key == "prediction":
-                pic, nearest = label_colours(predict_label(model, image, "cpu")), True
+                pic, nearest = label_colours(predict_label(model, image, "cpu",
+                                                           max_long_side=cfg.segmentation.test_max_long_side)), True
             else:
                 mask = ds.load_mask(name)
                 if mask is None:

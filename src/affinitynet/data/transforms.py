@@ -12,6 +12,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from ..ops.bound import bounded_size
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 IGNORE = 255
@@ -143,8 +145,9 @@ def normalize(img: np.ndarray, mean: Sequence[float] = IMAGENET_MEAN, std: Seque
 class TrainTransform:
     """Augmentation of one training stage: ``kind`` "cls" (image only), "aff" or "seg" (image + label map).
 
-    Order: resize long side (``cfg.resize_long``, if the section has it), random scale (``cfg.scale_range``,
-    if it has it), horizontal flip, colour jitter (``cfg.color_jitter``, ``cfg.hue``), normalise, crop
+    Order: resize long side (``cfg.resize_long``, if the section has it), shrink an image whose largest
+    scale would exceed ``max_long_side`` (when given), random scale (``cfg.scale_range``, if it has it),
+    horizontal flip, colour jitter (``cfg.color_jitter``, ``cfg.hue``), normalise, crop
     ``cfg.crop_size``. Geometric steps act identically on both. ``cfg.crop_pad`` "mean" pads the image with 0
     after normalisation (the mean colour), "black" with pixel value 0 (the crop taken before normalising,
     as the release's AffinityNet training does); a label map is padded with 255, a score label with 0.
@@ -152,7 +155,8 @@ class TrainTransform:
 
     KINDS = ("cls", "aff", "seg")
 
-    def __init__(self, kind: str, cfg, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD):
+    def __init__(self, kind: str, cfg, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD,
+                 *, max_long_side: int = 0):
         if kind not in self.KINDS:
             raise ValueError(f"unknown transform kind {kind!r} (valid: {', '.join(self.KINDS)})")
         self.kind = kind
@@ -163,6 +167,7 @@ class TrainTransform:
         self.hue = float(getattr(cfg, "hue", 0.0) or 0.0)
         self.resample = getattr(cfg, "resample", "bilinear")
         self.crop_pad = getattr(cfg, "crop_pad", "mean")
+        self.max_long_side = int(max_long_side)  # images are first shrunk so the largest scale stays within it
         if self.resample not in RESAMPLE:
             raise ValueError(f"unknown resample {self.resample!r} (valid: {', '.join(RESAMPLE)})")
         if self.crop_pad not in CROP_PADS:
@@ -192,6 +197,9 @@ class TrainTransform:
                 _, label = _resize(img, label, img.shape[:2])
         if self.resize_long:
             img, label = random_resize_long(img, label, self.resize_long, rng, self.resample)
+        if self.max_long_side:
+            size = bounded_size(*img.shape[:2], self.max_long_side, max(self.scale_range, default=1.0))
+            img, label = _resize(img, label, size, self.resample)
         if self.scale_range:
             img, label = random_scale(img, label, self.scale_range, rng, self.resample)
         img, label = random_hflip(img, label, rng)

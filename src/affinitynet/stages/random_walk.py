@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from ..evaluation import score_label_dir
 from ..io import save_label_png, write_json
 from ..models import build_affinitynet
+from ..ops.bound import bound_factor
 from ..ops.cam import cam_scores_with_bg, normalize_image
 from ..randomwalk import pair_affinity, pair_indices, propagate_with_affinity
 from .common import build_trained, load_cam, scoring_set, stride_grid
@@ -29,15 +30,20 @@ def pseudo_label_file(run_dir: Path, name: str) -> Path:
 
 
 def walk_scores(model, image: np.ndarray, keys: np.ndarray, maps: np.ndarray, cfg, device) -> torch.Tensor:
-    """(H, W, 3) image, (C',) ids, (C', H, W) CAMs -> (1 + C', H, W) propagated scores (bg first)."""
+    """(H, W, 3) image, (C',) ids, (C', H, W) CAMs -> (1 + C', H, W) propagated scores (bg first).
+
+    The walk runs at ``cfg.scale``, less for an image whose long side would exceed ``cfg.max_long_side``
+    (shrunk with antialiasing); the scores come back at image size.
+    """
     h, w = image.shape[:2]
-    sh, sw = max(1, round(h * cfg.scale)), max(1, round(w * cfg.scale))
+    s = cfg.scale * bound_factor(h, w, cfg.max_long_side, cfg.scale)
+    sh, sw = max(1, round(h * s)), max(1, round(w * s))
     (gh, gw), pad = stride_grid(sh, sw, STRIDE)
 
     def at_scale(x):  # (C, H, W) -> (1, C, gh * STRIDE, gw * STRIDE): resized, zero-padded
         x = x.unsqueeze(0)
         if (sh, sw) != (h, w):
-            x = F.interpolate(x, size=(sh, sw), mode="bilinear", align_corners=False)
+            x = F.interpolate(x, size=(sh, sw), mode="bilinear", align_corners=False, antialias=s < cfg.scale)
         return F.pad(x, pad)
 
     x = at_scale(normalize_image(image, model.backbone.mean, model.backbone.std)).to(device)
@@ -95,7 +101,8 @@ def run(ctx) -> dict:
     walker = _Walker(ds, ctx.run_dir, ctx.cfg, ctx.device)
     workers = ctx.cfg.random_walk.workers if ctx.device.type == "cpu" else 1
     counts = ctx.map_images(ds.names, lambda n: pseudo_label_file(ctx.run_dir, n), walker,
-                            desc="random_walk", workers=workers)
+                            desc="random_walk", workers=workers, image_of=ds.image_path,
+                            memory_key="random_walk.max_long_side")
     summary = {"images": len(ds), "computed": counts["done"]}
     if ctx.is_main and ds.has_masks:
         result = score_label_dir(ctx.path("pseudo_labels"), scoring_set(ctx), progress=ctx.progress,

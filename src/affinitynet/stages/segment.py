@@ -15,6 +15,7 @@ from ..errors import DataError
 from ..evaluation import score_label_dir
 from ..io import load_image, save_label_png, write_json
 from ..models import build_deeplab
+from ..ops.bound import shrink_image, upsample_to
 from ..ops.cam import normalize_image
 from ..ops.inference import multiscale_predict
 from .common import build_trained
@@ -22,11 +23,17 @@ from .common import build_trained
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 
 
-def predict_label(model, image: np.ndarray, device, *, scales=(1.0,), flip=False, crf=False) -> np.ndarray:
-    """(H, W, 3) uint8 image -> (H, W) uint8 class ids from the segmentation network."""
-    x = normalize_image(image, model.backbone.mean, model.backbone.std).to(device)
+def predict_label(model, image: np.ndarray, device, *, scales=(1.0,), flip=False, crf=False,
+                  max_long_side: int = 0) -> np.ndarray:
+    """(H, W, 3) uint8 image -> (H, W) uint8 class ids from the segmentation network.
+
+    An image whose largest scale would exceed ``max_long_side`` (0: no bound) is shrunk first; the scores
+    are upsampled back to its size.
+    """
+    small = shrink_image(image, max_long_side, max(scales))
+    x = normalize_image(small, model.backbone.mean, model.backbone.std).to(device)
     with torch.inference_mode():
-        prob = multiscale_predict(model, x, scales, flip).float().cpu()
+        prob = upsample_to(multiscale_predict(model, x, scales, flip).float().cpu(), image.shape[:2])
     if crf:
         from ..ops.crf import dense_crf
 
@@ -55,7 +62,7 @@ class _Segmenter:
             self._model = build_trained(build_deeplab, c, self.dataset.num_classes + 1, path=self.model_path,
                                         device=self.device, stage="train_segmentation")
         label = predict_label(self._model, self.dataset.load_image(name), self.device, scales=c.test_scales,
-                              flip=c.test_flip, crf=c.crf)
+                              flip=c.test_flip, crf=c.crf, max_long_side=c.test_max_long_side)
         save_label_png(self.out_dir / f"{name}.png", label)
 
 
@@ -65,7 +72,8 @@ def run(ctx) -> dict:
     ds = ctx.dataset(split)
     out_dir = ctx.path("predictions")
     work = _Segmenter(ds, out_dir, ctx.path("segmentation", "final.pt"), ctx.cfg, ctx.device)
-    counts = ctx.map_images(ds.names, lambda n: out_dir / f"{n}.png", work, desc=f"segment {split}")
+    counts = ctx.map_images(ds.names, lambda n: out_dir / f"{n}.png", work, desc=f"segment {split}",
+                            image_of=ds.image_path, memory_key="segmentation.test_max_long_side")
     summary = {"split": split, "images": len(ds), "computed": counts["done"]}
     if ctx.is_main and ds.has_masks:
         result = score_label_dir(out_dir, ds, progress=ctx.progress, desc="segmentation mIoU")
@@ -89,8 +97,11 @@ def _expand(paths) -> list[Path]:
 
 
 def predict_images(checkpoint: Path, images, out: Path, *, device="auto", scales=(1.0,), flip=False, crf=False,
-                   fmt: str = "png") -> list[Path]:
-    """Segment image files (or folders of them) with a ``segmentation/final.pt`` checkpoint -> palette PNGs."""
+                   fmt: str = "png", max_long_side: int | None = None) -> list[Path]:
+    """Segment image files (or folders of them) with a ``segmentation/final.pt`` checkpoint -> palette PNGs.
+
+    ``max_long_side`` bounds the largest scale's input (default: the checkpoint's ``test_max_long_side``).
+    """
     from ..config import from_dict
     from ..dist import resolve_device
     from ..engine import load_checkpoint
@@ -106,13 +117,18 @@ def predict_images(checkpoint: Path, images, out: Path, *, device="auto", scales
     out = Path(out)
     if fmt == "voc-test":
         out = out / "results" / "VOC2012" / "Segmentation" / "comp6_test_cls"
+    bound = cfg.segmentation.test_max_long_side if max_long_side is None else max_long_side
     written = []
-    from ..runs import progress
+    from ..runs import OutOfMemoryReport, progress
 
-    for path in progress(_expand(images), desc="predict"):
-        label = predict_label(model, load_image(path), dev, scales=scales, flip=flip, crf=crf)
+    def work(path: Path) -> None:
+        label = predict_label(model, load_image(path), dev, scales=scales, flip=flip, crf=crf, max_long_side=bound)
         target = out / f"{path.stem}.png"
         save_label_png(target, label)
         written.append(target)
+
+    work = OutOfMemoryReport(work, Path, f"predict on {dev}", "--max-long-side", bound)
+    for path in progress(_expand(images), desc="predict"):
+        work(path)
     print(f"wrote {len(written)} masks to {out}")
     return written

@@ -22,6 +22,7 @@ from ..data.transforms import LabelMapSet, TrainTransform
 from ..io import load_label_png, write_json
 from ..models import build_affinitynet
 from ..ops.affinity import affinity_loss, grid_pair_affinity
+from ..ops.bound import shrink_image, shrink_mask
 from ..ops.cam import normalize_image
 from ..ops.confident import grid_labels_from_scores, pool_label_map
 from ..ops.metrics import average_precision
@@ -54,17 +55,21 @@ def affinity_batch_loss(model, batch, device, *, radius: int, num_classes: int, 
 
 
 @torch.no_grad()
-def affinity_ap(model, dataset, device, radius: int, limit: int = VAL_IMAGES) -> dict:
-    """AP (%) of predicted affinities for same-label vs different-label pairs, labels pooled from the masks."""
+def affinity_ap(model, dataset, device, radius: int, limit: int = VAL_IMAGES, *, max_long_side: int = 0) -> dict:
+    """AP (%) of predicted affinities for same-label vs different-label pairs, labels pooled from the masks.
+
+    Images (and masks) larger than ``max_long_side`` are shrunk first, as the random walk shrinks them.
+    """
     model.eval()
     scores, positive = [], []
     for name in dataset.names[:limit]:
-        image = dataset.load_image(name)
+        image = shrink_image(dataset.load_image(name), max_long_side)
         h, w = image.shape[:2]
         (gh, gw), pad = stride_grid(h, w, STRIDE)
         x = F.pad(normalize_image(image, model.backbone.mean, model.backbone.std), pad).unsqueeze(0)
         feat = model(x.to(device))
-        mask = torch.from_numpy(np.pad(dataset.load_mask(name), ((0, pad[3]), (0, pad[1])), constant_values=255))
+        mask = torch.from_numpy(np.pad(shrink_mask(dataset.load_mask(name), (h, w)), ((0, pad[3]), (0, pad[1])),
+                                       constant_values=255))
         grid = pool_label_map(mask.long(), dataset.num_classes + 1, STRIDE)
         idx_from, idx_to = pair_indices(gh, gw, radius, device=feat.device)
         bg_pos, fg_pos, neg = pair_labels(grid.to(feat.device), idx_from, idx_to)
@@ -80,6 +85,7 @@ def run(ctx) -> dict:
     """Train AffinityNet into ``affinitynet/`` (resumes from ``affinitynet/last.pt``), or adopt ``affinitynet.checkpoint``."""
     cfg = ctx.cfg.affinitynet
     ds = ctx.train_set
+    bound = ctx.cfg.random_walk.max_long_side  # validation images: shrunk as the walk shrinks them
     if cfg.checkpoint:
         import dataclasses
 
@@ -87,7 +93,7 @@ def run(ctx) -> dict:
         summary = use_given_checkpoint(ctx, model, cfg.checkpoint, "affinitynet")
         val = ctx.val_set
         if ctx.is_main and val.has_masks and len(val):
-            metrics = affinity_ap(model, val, ctx.device, cfg.radius)
+            metrics = affinity_ap(model, val, ctx.device, cfg.radius, max_long_side=bound)
             write_json(ctx.path("affinitynet", "metrics.json"), metrics)
             summary["ap"] = round(metrics["ap"], 2)
         return summary
@@ -106,11 +112,12 @@ def run(ctx) -> dict:
     loss_fn = functools.partial(affinity_batch_loss, radius=cfg.radius, num_classes=ds.num_classes + 1,
                                 reference_pairs=cfg.reference_pairs)
     val = ctx.val_set
-    validate = (lambda m: affinity_ap(m, val, ctx.device, cfg.radius)) if val.has_masks and len(val) else None
+    validate = ((lambda m: affinity_ap(m, val, ctx.device, cfg.radius, max_long_side=bound))
+                if val.has_masks and len(val) else None)
     result = train_network(ctx, model, cfg, data, loss_fn, "affinitynet", validate=validate)
     summary = {"loss": round(result["final_loss"], 4)}
     if ctx.is_main and validate is not None:
-        metrics = affinity_ap(model, val, ctx.device, cfg.radius)
+        metrics = affinity_ap(model, val, ctx.device, cfg.radius, max_long_side=bound)
         write_json(ctx.path("affinitynet", "metrics.json"), metrics)
         summary["ap"] = round(metrics["ap"], 2)
     return summary

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from ..data.transforms import ClassificationSet, TrainTransform
 from ..io import write_json
 from ..models import build_classifier
+from ..ops.bound import shrink_image
 from ..ops.cam import normalize_image
 from ..ops.metrics import average_precision
 from .common import train_network, use_given_checkpoint
@@ -28,13 +29,15 @@ def classification_loss(model, batch, device):
 
 
 @torch.no_grad()
-def classification_metrics(model, dataset, device, limit: int = VAL_IMAGES) -> dict:
-    """Validation loss and mAP (%) over up to ``limit`` images at full size, one image at a time."""
+def classification_metrics(model, dataset, device, limit: int = VAL_IMAGES, *, max_long_side: int = 0) -> dict:
+    """Validation loss and mAP (%) over up to ``limit`` images at full size (shrunk to ``max_long_side`` when
+    larger), one image at a time."""
     model.eval()
     names = dataset.names[:limit]
     logits, tags = [], []
     for name in names:
-        x = normalize_image(dataset.load_image(name), model.backbone.mean, model.backbone.std)
+        x = normalize_image(shrink_image(dataset.load_image(name), max_long_side), model.backbone.mean,
+                            model.backbone.std)
         logits.append(model(x.unsqueeze(0).to(device))[0].float().cpu())
         tags.append(torch.from_numpy(dataset.load_labels(name)))
     logits, tags = torch.stack(logits), torch.stack(tags)
@@ -54,7 +57,7 @@ def run(ctx) -> dict:
         model = build_classifier(dataclasses.replace(cfg, pretrained=""), ds.num_classes).to(ctx.device)
         summary = use_given_checkpoint(ctx, model, cfg.checkpoint, "classifier")
         if ctx.is_main and len(ctx.val_set):
-            metrics = classification_metrics(model, ctx.val_set, ctx.device)
+            metrics = classification_metrics(model, ctx.val_set, ctx.device, max_long_side=cfg.max_long_side)
             write_json(ctx.path("classifier", "metrics.json"), metrics)
             summary["map"] = round(metrics["map"], 2)
         return summary
@@ -62,11 +65,12 @@ def run(ctx) -> dict:
     data = ClassificationSet(ds, TrainTransform("cls", cfg, model.backbone.mean, model.backbone.std),
                              seed=ctx.cfg.runtime.seed)
     val = ctx.val_set
-    validate = (lambda m: classification_metrics(m, val, ctx.device)) if len(val) else None
+    validate = (lambda m: classification_metrics(m, val, ctx.device, max_long_side=cfg.max_long_side)
+                if len(val) else None)
     result = train_network(ctx, model, cfg, data, classification_loss, "classifier", validate=validate)
     summary = {"loss": round(result["final_loss"], 4)}
     if ctx.is_main and validate is not None:
-        metrics = classification_metrics(model, val, ctx.device)
+        metrics = classification_metrics(model, val, ctx.device, max_long_side=cfg.max_long_side)
         write_json(ctx.path("classifier", "metrics.json"), metrics)
         summary["map"] = round(metrics["map"], 2)
     return summary

@@ -57,12 +57,17 @@ def label_source(ctx, dataset):
     return functools.partial(_label_from_dir, folder)
 
 
-def segmentation_miou(model, dataset, device, *, scales=(1.0,), flip=False, limit: int = VAL_IMAGES) -> dict:
+def segmentation_miou(model, dataset, device, *, scales=(1.0,), flip=False, limit: int = VAL_IMAGES,
+                      max_long_side: int = 0) -> dict:
     """mIoU (%) of the network's predictions on up to ``limit`` images of ``dataset``."""
     from .segment import predict_label
 
     model.eval()
-    predict = lambda name: predict_label(model, dataset.load_image(name), device, scales=scales, flip=flip)  # noqa: E731
+
+    def predict(name: str):
+        return predict_label(model, dataset.load_image(name), device, scales=scales, flip=flip,
+                             max_long_side=max_long_side)
+
     return scores(accumulate(dataset, dataset.names[:limit], predict), dataset.label_names)
 
 
@@ -88,11 +93,13 @@ def run(ctx) -> dict:
     ds = ctx.train_set
     model = build_network(ctx, ds.num_classes + 1)
     data = LabelMapSet(ds, ds.names, label_source(ctx, ds),
-                       TrainTransform("seg", cfg, model.backbone.mean, model.backbone.std), seed=ctx.cfg.runtime.seed)
+                       TrainTransform("seg", cfg, model.backbone.mean, model.backbone.std,
+                                      max_long_side=cfg.max_long_side), seed=ctx.cfg.runtime.seed)
     val = ctx.val_set
     validate = None
     if val.has_masks and len(val):
-        validate = lambda m: {"miou": segmentation_miou(m, val, ctx.device)["miou"]}  # noqa: E731
+        validate = lambda m: {"miou": segmentation_miou(m, val, ctx.device,  # noqa: E731
+                                                        max_long_side=cfg.test_max_long_side)["miou"]}
     result = train_network(ctx, model, cfg, data, segmentation_loss, "segmentation", validate=validate)
     summary = {"loss": round(result["final_loss"], 4)}
     if ctx.is_main and validate is not None:
