@@ -30,6 +30,36 @@ def _split_dir(root: Path, split: str) -> str:
     return split
 
 
+# list -> (what one entry is called, the fields the reader uses)
+_REQUIRED = {"images": ("image", ("id", "file_name", "height", "width")),
+             "annotations": ("annotation", ("image_id", "category_id", "segmentation")),
+             "categories": ("category", ("id", "name"))}
+
+
+def _checked_entries(data, path) -> dict:
+    """``data`` (a parsed instances JSON) once every list and entry has the fields the reader uses; else DataError."""
+    if not isinstance(data, dict):
+        raise DataError(path, f"not a COCO instances file (a JSON object with images, annotations and categories "
+                              f"expected, got a {type(data).__name__})")
+    for key, (singular, fields) in _REQUIRED.items():
+        if key not in data:
+            raise DataError(path, f"not a COCO instances file (missing field '{key}')")
+        if not isinstance(data[key], list):
+            raise DataError(path, f"'{key}' must be a list, got a {type(data[key]).__name__}")
+        for i, entry in enumerate(data[key]):
+            what = (f"{singular} {entry['id']}" if isinstance(entry, dict) and "id" in entry
+                    else f"{singular} at position {i} of '{key}'")
+            if not isinstance(entry, dict):
+                raise DataError(path, f"{what} is not a JSON object")
+            missing = [f for f in fields if f not in entry]
+            if missing:
+                raise DataError(path, f"{what} has no '{missing[0]}' field")
+            if key == "images" and not all(isinstance(entry[f], int) and entry[f] > 0 for f in ("height", "width")):
+                raise DataError(path, f"{what}: height and width must be positive integers, got "
+                                      f"{entry['height']!r} x {entry['width']!r}")
+    return data
+
+
 class COCODataset(SegDataset):
     """COCO layout: ``{image_dir}/`` (default ``{split}/``) and ``annotations/instances_{split}.json``.
 
@@ -45,11 +75,11 @@ class COCODataset(SegDataset):
         self.image_root = root / (image_dir or "{split}").format(split=split)
         if not self.annotation_file.is_file():
             raise DataError(self.annotation_file, "COCO annotation file not found")
-        data = io.read_json(self.annotation_file)
+        data = _checked_entries(io.read_json(self.annotation_file), self.annotation_file)
         try:
             cats = sorted(data["categories"], key=lambda c: c["id"])
             self._cat_to_label = {c["id"]: i + 1 for i, c in enumerate(cats)}
-            classes = [c["name"] for c in cats]
+            classes = [str(c["name"]) for c in cats]
             images = {im["id"]: im for im in data["images"]}
             anns: dict[int, list[dict]] = {}
             for a in data["annotations"]:
@@ -57,11 +87,14 @@ class COCODataset(SegDataset):
                     raise DataError(self.annotation_file, f"annotation {a.get('id')} refers to unknown image "
                                                           f"{a['image_id']}")
                 if a["category_id"] not in self._cat_to_label:
-                    raise DataError(self.annotation_file, f"annotation {a.get('id')} has unknown category "
-                                                          f"{a['category_id']}")
+                    ids = sorted(self._cat_to_label)
+                    known = f"ids {ids[0]}..{ids[-1]}" if ids else "it is empty"
+                    raise DataError(self.annotation_file, f"annotation {a.get('id')} has category_id "
+                                                          f"{a['category_id']}, which is not in the category "
+                                                          f"list ({known})")
                 anns.setdefault(a["image_id"], []).append(a)
-        except (KeyError, TypeError) as e:
-            raise DataError(self.annotation_file, f"not a COCO instances file (missing field {e})") from None
+        except TypeError as e:  # ids that are lists or objects, names that do not sort
+            raise DataError(self.annotation_file, f"not a COCO instances file ({e})") from None
         self._images: dict[str, dict] = {}
         self._anns: dict[str, list[dict]] = {}
         for image_id in sorted(images):
