@@ -139,6 +139,73 @@ def kill_when(argv, run_dir, ready, *, timeout=240.0, poll=0.003) -> tuple[int, 
     return rc, time.time() - t0
 
 
+def start_cli(argv, log, *, new_session: bool = False) -> subprocess.Popen:
+    """``python -m affinitynet ARGV`` in the background, stdout and stderr into the file ``log``.
+
+    ``new_session``: in a process group of its own, so that a signal can go to the whole group (as a
+    terminal's Ctrl-C does) without reaching the tests.
+    """
+    with open(log, "w") as f:
+        return subprocess.Popen([sys.executable, "-m", "affinitynet", *map(str, argv)], stdout=f, stderr=f,
+                                env=_env(), start_new_session=new_session)
+
+
+def wait_for(condition, *, timeout=240.0, poll=0.003, what="condition") -> None:
+    """Poll ``condition()`` until it holds; fail after ``timeout`` seconds."""
+    t0 = time.time()
+    while not condition():
+        if time.time() - t0 > timeout:
+            raise AssertionError(f"{what} not reached in {timeout} s")
+        time.sleep(poll)
+
+
+def children_of(pid: int) -> list[int]:
+    """Pids of the live child processes of ``pid`` (Linux /proc)."""
+    kids = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid and fields[0] != "Z":
+            kids.append(int(stat.parent.name))
+    return kids
+
+
+def alive(pid: int) -> bool:
+    """Whether process ``pid`` exists and is not a zombie."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def signal_when(argv, run_dir, ready, sig, *, group=False, timeout=240.0, poll=0.003):
+    """Start ``python -m affinitynet ARGV`` and send it ``sig`` as soon as ``ready(run_dir)`` holds (to its whole
+    process group with ``group``, as a terminal's Ctrl-C does).
+
+    Returns (exit code, seconds from the signal to the exit, its output, pids of its children at the signal).
+    Fails if the process ends by itself before ``ready`` ever held.
+    """
+    log = Path(run_dir).parent / f"{Path(run_dir).name}.signalled.log"
+    proc = start_cli(argv, log, new_session=group)
+    try:
+        wait_for(lambda: proc.poll() is not None or ready(Path(run_dir)), timeout=timeout, poll=poll,
+                 what=f"{argv}: ready")
+        assert proc.poll() is None, f"the process ended by itself (rc {proc.returncode}) before the signal:\n" \
+                                    f"{log.read_text()}"
+        kids = children_of(proc.pid)
+        t0 = time.time()
+        os.killpg(proc.pid, sig) if group else proc.send_signal(sig)
+        rc = proc.wait(timeout=120)
+        seconds = time.time() - t0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    return rc, seconds, log.read_text(), kids
+
+
 def first_name(root, split="train") -> str:
     """The first image id of a split."""
     return (Path(root) / "ImageSets" / "Segmentation" / f"{split}.txt").read_text().split()[0]
