@@ -1,10 +1,14 @@
-"""Benchmark the random walk: sparse CSR propagation (ours) against the reference's dense matrix power.
+"""Benchmark the random walk: the compiled stencil and the sparse CSR product (ours) against the reference's dense walk.
 
-    python benchmarks/bench_randomwalk.py [--threads N] [--repeats R] [--dense-large]
+    python benchmarks/bench_randomwalk.py [--threads N] [--repeats R] [--dense-large] [--json PATH]
 
-Every method runs in a fresh subprocess on identical seeded inputs (K=21 CAM channels, 448-dim
-embeddings with region structure -> pair affinities at radius 5, beta 8, logt 8), so each one's
-peak resident memory (VmHWM, reset before the timed runs) is its own. Prints a markdown table.
+Cases: (63x47, 21 channels), (63x47, 3 channels: two classes and background, what a typical image
+propagates), (125x94, 3 channels: stride 4), and with --dense-large (125x94, 21 channels).
+Every method runs in a fresh subprocess on identical seeded inputs (448-dim embeddings with region
+structure -> pair affinities at radius 5, beta 8, logt 8), so each one's peak resident memory
+(VmHWM, reset before the timed runs) is its own. The dense reference runs in every case (at 125x94
+it takes minutes and ~1.5 GiB; without --dense-large its time there is estimated from the N^3
+scaling). Prints a markdown table.
 """
 from __future__ import annotations
 
@@ -28,10 +32,11 @@ from affinitynet.randomwalk import dense_propagate_reference, propagate_with_aff
 
 K, D, RADIUS, BETA, LOGT, UPSAMPLE = 21, 448, 5, 8.0, 8, 8
 SMALL, LARGE = (63, 47), (125, 94)  # stride 8 and stride 4 grids of a ~500 x 375 image
+CASES = ((SMALL, 21), (SMALL, 3), (LARGE, 3))  # (grid, channels); --dense-large adds (LARGE, 21)
 
 
-def make_inputs(h: int, w: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Seeded CAM (K, h, w) and embedding (D, h, w): ~8 regions with distinct embeddings plus noise."""
+def make_inputs(h: int, w: int, seed: int, k: int = K) -> tuple[torch.Tensor, torch.Tensor]:
+    """Seeded CAM (k, h, w) and embedding (D, h, w): ~8 regions with distinct embeddings plus noise."""
     gen = torch.Generator().manual_seed(seed)
     centres = torch.rand(8, 2, generator=gen) * torch.tensor([h, w])
     ys, xs = torch.meshgrid(torch.arange(h, dtype=torch.float32), torch.arange(w, dtype=torch.float32), indexing="ij")
@@ -41,12 +46,12 @@ def make_inputs(h: int, w: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     feat = region_vectors[region].permute(2, 0, 1) + 0.1 * torch.randn(D, h, w, generator=gen)
     coarse = torch.rand(1, K, 4, 3, generator=gen) ** 3
     cam = F.interpolate(coarse, size=(h, w), mode="bilinear", align_corners=False)[0]
-    return cam.contiguous(), feat.contiguous()
+    return cam[:k].contiguous(), feat.contiguous()
 
 
-def save_inputs(h: int, w: int, seed: int, path: str) -> float:
-    """Write the CAM (K, h, w) and pair affinities (P,) every method reads to path (.npz); return the affinity seconds."""
-    cam, feat = make_inputs(h, w, seed)
+def save_inputs(h: int, w: int, k: int, seed: int, path: str) -> float:
+    """Write the CAM (k, h, w) and pair affinities (P,) every method reads to path (.npz); return the affinity seconds."""
+    cam, feat = make_inputs(h, w, seed, k)
     idx_from, idx_to = pair_indices(h, w, RADIUS)
     start = time.perf_counter()
     aff = pair_affinity(feat, idx_from, idx_to)
@@ -88,19 +93,19 @@ def worker(method: str, inputs: str, repeats: int, out_path: str) -> dict:
     """Run one method in this process on the saved inputs; return time and memory, save the (K, h, w) scores."""
     data = np.load(inputs)
     cam, aff = torch.from_numpy(data["cam"]), torch.from_numpy(data["aff"])
-    h, w = cam.shape[1:]
+    k, h, w = cam.shape
     n = h * w
     idx_from, idx_to = pair_indices(h, w, RADIUS)
-    if method == "sparse":
+    if method in ("sparse", "stencil"):
         def run() -> torch.Tensor:
-            return propagate_with_affinity(cam[None], aff[None], h, w, RADIUS, beta=BETA, logt=LOGT)[0]
-        run()  # warm-up (thread pool, allocator)
+            return propagate_with_affinity(cam[None], aff[None], h, w, RADIUS, beta=BETA, logt=LOGT, method=method)[0]
+        run()  # warm-up (thread pool, allocator; the stencil's compiled kernel loads from Numba's cache)
     else:
         dtype = torch.float64 if method == "dense64" else torch.float32
 
         def run() -> torch.Tensor:
-            out = dense_propagate_reference(cam.reshape(K, n).to(dtype), aff.to(dtype), idx_from, idx_to, n, BETA, LOGT)
-            return out.reshape(K, h, w)
+            out = dense_propagate_reference(cam.reshape(k, n).to(dtype), aff.to(dtype), idx_from, idx_to, n, BETA, LOGT)
+            return out.reshape(k, h, w)
     rss_before = reset_peak_rss_kb()
     times = []
     for _ in range(repeats):
@@ -148,7 +153,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None, help="torch threads in each worker (default: torch's)")
     parser.add_argument("--repeats", type=int, default=3, help="timed repeats per method (median reported)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--dense-large", action="store_true", help="also run the dense reference at 125x94 (minutes, ~2 GB)")
+    parser.add_argument("--dense-large", action="store_true",
+                        help="run the dense reference at 125x94 too (minutes, ~1.5 GiB) and add 125x94 x 21 channels")
+    parser.add_argument("--json", default="", help="also write the rows to this JSON file")
     parser.add_argument("--worker", nargs=2, metavar=("METHOD", "INPUTS"), help=argparse.SUPPRESS)
     parser.add_argument("--out", default="", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -158,63 +165,72 @@ def main() -> None:
         print(json.dumps(worker(args.worker[0], args.worker[1], args.repeats, args.out)))
         return
 
-    rows = []
+    cases = CASES + (((LARGE, 21),) if args.dense_large else ())
     threads = args.threads if args.threads is not None else torch.get_num_threads()
+    rows, records, aff_seconds = [], [], {}
     with tempfile.TemporaryDirectory() as tmp:
-        aff_seconds, inputs = {}, {}
-        for size in (SMALL, LARGE):
-            inputs[size] = os.path.join(tmp, f"inputs_{size[0]}x{size[1]}.npz")
-            aff_seconds[size] = save_inputs(*size, args.seed, inputs[size])
+        for size, k in cases:
+            inputs = os.path.join(tmp, f"inputs_{size[0]}x{size[1]}_{k}.npz")
+            aff_seconds[size] = save_inputs(*size, k, args.seed, inputs)
+            dense_runs = size == SMALL or args.dense_large
+            stats = {}
+            for method in ("stencil", "sparse") + (("dense",) if dense_runs else ()) + \
+                    (("dense64",) if (size, k) == (SMALL, K) else ()):
+                stats[method] = spawn(method, inputs, args.repeats if method != "dense" or size == SMALL else 1,
+                                      args.threads, tmp)
+                print(f"  {method:8s} {size[0]}x{size[1]} x {k}: {stats[method]['seconds']:.3f} s", file=sys.stderr)
+            if "dense" in stats:
+                dense_s, dense_note = stats["dense"]["seconds"], ""
+            else:  # N^3 scaling of the same channel count's dense time at 63x47
+                small = next((r for r in records if r["grid"] == f"{SMALL[0]}x{SMALL[1]}" and r["channels"] == k
+                              and r["method"] == "dense"), None)
+                dense_s = small["seconds"] * (size[0] * size[1] / (SMALL[0] * SMALL[1])) ** 3 if small else float("nan")
+                dense_note = " (est.)"
+            truth = stats.get("dense64")
+            for method in stats:
+                if method == "dense64":
+                    continue
+                ref = stats.get("dense") if method != "dense" else None
+                ref = ref or (stats["sparse"] if method == "stencil" else None)
+                diff = compare(stats[method]["scores"], ref["scores"]) if ref else None
+                exact = compare(stats[method]["scores"], truth["scores"]) if truth else None
+                record = {"method": method, "grid": f"{size[0]}x{size[1]}", "channels": k,
+                          "seconds": stats[method]["seconds"], "peak_rss_mb": stats[method]["peak_rss_mb"],
+                          "rss_delta_mb": stats[method]["rss_delta_mb"], "dense_seconds": dense_s,
+                          "speedup_vs_dense": dense_s / stats[method]["seconds"],
+                          "reference": ("dense" if "dense" in stats else "sparse") if ref else None,
+                          "max_abs_diff": diff[0] if diff else None, "same_labels": diff[2] if diff else None,
+                          "max_abs_diff_vs_dense64": exact[0] if exact else None}
+                records.append(record)
+                name = {"stencil": "stencil (ours, Numba)", "sparse": "sparse CSR (ours)",
+                        "dense": "dense float32 (reference code)"}[method]
+                rows.append([
+                    name, record["grid"], str(k), f"{record['seconds']:.3f}", f"{record['peak_rss_mb']:.0f}",
+                    f"{record['rss_delta_mb']:.0f}",
+                    f"{diff[0]:.2e} vs {record['reference']}" if diff else "-",
+                    f"{100 * diff[2]:.4f}%" if diff else "-",
+                    f"{exact[0]:.2e}" if exact else "-",
+                    "1" if method == "dense" else f"{record['speedup_vs_dense']:.0f}x{dense_note}",
+                ])
 
-        def run(method: str, size: tuple[int, int], repeats: int) -> dict:
-            stats = spawn(method, inputs[size], repeats, args.threads, tmp)
-            print(f"  {method:8s} {size[0]}x{size[1]}: {stats['seconds']:.3f} s", file=sys.stderr)
-            return stats
-
-        small = {m: run(m, SMALL, args.repeats) for m in ("sparse", "dense", "dense64")}
-        large = {"sparse": run("sparse", LARGE, args.repeats)}
-        if args.dense_large:
-            large["dense"] = run("dense", LARGE, 1)
-
-    def add(method: str, size, stats: dict, ref: dict | None, truth: dict | None, speedup: str) -> None:
-        diff = compare(stats["scores"], ref["scores"]) if ref else None
-        exact = compare(stats["scores"], truth["scores"]) if truth else None
-        rows.append([
-            method, f"{size[0]}x{size[1]}", str(size[0] * size[1]), f"{stats['seconds']:.3f}",
-            f"{stats['peak_rss_mb']:.0f}", f"{stats['rss_delta_mb']:.0f}",
-            f"{diff[0]:.2e} ({diff[1]:.1e} rel)" if diff else "-",
-            f"{100 * diff[2]:.4f}%" if diff else "-",
-            f"{exact[0]:.2e} ({exact[1]:.1e} rel)" if exact else "-",
-            speedup,
-        ])
-
-    ratio = small["dense"]["seconds"] / small["sparse"]["seconds"]
-    add("dense float32 (reference code)", SMALL, small["dense"], None, small["dense64"], "1")
-    add("sparse CSR (ours)", SMALL, small["sparse"], small["dense"], small["dense64"], f"{ratio:.1f}x")
-    add("dense float64", SMALL, small["dense64"], None, None, "-")
-    n_small, n_large = SMALL[0] * SMALL[1], LARGE[0] * LARGE[1]
-    estimate = small["dense"]["seconds"] * (n_large / n_small) ** 3
-    if "dense" in large:
-        ratio_large = large["dense"]["seconds"] / large["sparse"]["seconds"]
-        add("dense float32 (reference code)", LARGE, large["dense"], None, None, "1")
-        add("sparse CSR (ours)", LARGE, large["sparse"], large["dense"], None, f"{ratio_large:.1f}x")
-    else:
-        add("sparse CSR (ours)", LARGE, large["sparse"], None, None, f"~{estimate / large['sparse']['seconds']:.0f}x (est.)")
-
-    header = ["method", "grid", "N", "seconds (median)", "peak RSS MB", "RSS delta MB",
-              "max abs diff vs dense f32", f"labels = dense f32 (x{UPSAMPLE} up)", "max abs diff vs dense f64", "speed-up"]
-    print(f"K={K}, D={D}, radius={RADIUS}, beta={BETA:g}, logt={LOGT}, torch threads={threads}, "
+    header = ["method", "grid", "channels", "seconds (median)", "peak RSS MB", "RSS delta MB",
+              "max abs diff", f"same labels (x{UPSAMPLE} up)", "max abs diff vs dense f64", "speed-up vs dense"]
+    print(f"D={D}, radius={RADIUS}, beta={BETA:g}, logt={LOGT}, torch threads={threads}, "
           f"repeats={args.repeats}, load average {os.getloadavg()[0]:.2f}")
     print("| " + " | ".join(header) + " |")
     print("|" + "|".join("---" for _ in header) + "|")
     for row in rows:
         print("| " + " | ".join(row) + " |")
-    print(f"\npair affinities from the embedding (same for all methods): "
-          f"{aff_seconds[SMALL]:.3f} s at {SMALL[0]}x{SMALL[1]}, "
-          f"{aff_seconds[LARGE]:.3f} s at {LARGE[0]}x{LARGE[1]}")
-    if "dense" not in large:
-        print(f"dense at {LARGE[0]}x{LARGE[1]} skipped (--dense-large runs it): estimated {estimate:.0f} s "
-              f"from N^3 scaling, {3 * n_large**2 * 4 / 2**30:.1f} GiB for three N x N float32 matrices")
+    print("\npair affinities from the embedding (same for all methods, not in the times): "
+          + ", ".join(f"{s:.3f} s at {g[0]}x{g[1]}" for g, s in aff_seconds.items()))
+    if not args.dense_large:
+        n_large = LARGE[0] * LARGE[1]
+        print(f"dense at {LARGE[0]}x{LARGE[1]} skipped (--dense-large runs it): its time is estimated from N^3 "
+              f"scaling, {3 * n_large**2 * 4 / 2**30:.1f} GiB for three N x N float32 matrices")
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as f:
+            json.dump({"threads": threads, "repeats": args.repeats, "load_average": os.getloadavg()[0],
+                       "rows": records}, f, indent=1)
 
 
 if __name__ == "__main__":

@@ -4,8 +4,8 @@ The transition matrix is T = A^beta D^-1 (A: pair affinities both ways, 1 on the
 D: column sums), and the CAM stack v (K, N) is propagated t = 2^logt steps, v <- v T.
 We never build the dense N x N matrix: a step is the sparse product x <- T^T x with x = v^T (N, K),
 and T^T = D^-1 A^beta has ~2 * (pairs per node) + 1 entries per row (69 at radius 5), stored as a
-block-diagonal CSR tensor over the batch. CSR products were measured faster on CPU than a
-gather/shift stencil over the offset list (docs/randomwalk.md) and also run on CUDA.
+block-diagonal CSR tensor over the batch; CSR products also run on CUDA. On the CPU, the same
+weights applied as a compiled stencil over the offsets (``ops.walk_stencil``) are faster still.
 """
 from __future__ import annotations
 
@@ -15,6 +15,10 @@ import torch
 
 from affinitynet.ops.affinity import pair_affinity
 from affinitynet.ops.pairs import pair_indices
+from affinitynet.ops.walk_stencil import available as stencil_available
+from affinitynet.ops.walk_stencil import propagate_stencil
+
+WALK_METHODS = ("auto", "sparse", "stencil")
 
 
 def transition_weights(
@@ -56,6 +60,15 @@ def transition_weights(
         )
 
 
+def walk_method(method: str, device: torch.device) -> str:
+    """The walk implementation ``method`` (auto | sparse | stencil) resolves to on ``device``."""
+    if method not in WALK_METHODS:
+        raise ValueError(f"unknown walk method {method!r} (valid: {', '.join(WALK_METHODS)})")
+    if method == "auto":
+        return "stencil" if torch.device(device).type == "cpu" and stencil_available() else "sparse"
+    return method
+
+
 def propagate_with_affinity(
     cam: torch.Tensor,
     aff: torch.Tensor,
@@ -66,8 +79,13 @@ def propagate_with_affinity(
     beta: float = 8.0,
     logt: int = 8,
     reference_pairs: bool = False,
+    method: str = "auto",
 ) -> torch.Tensor:
-    """Random walk of cam (B, K, h, w) with pair affinities aff (B, P) of pair_indices(h, w, radius) -> (B, K, h, w)."""
+    """Random walk of cam (B, K, h, w) with pair affinities aff (B, P) of pair_indices(h, w, radius) -> (B, K, h, w).
+
+    ``method``: ``sparse`` (CSR products, any device), ``stencil`` (the compiled CPU kernel of
+    ``ops.walk_stencil``), or ``auto``: the stencil for CPU tensors when Numba is installed, else sparse.
+    """
     if cam.dim() != 4 or cam.shape[2:] != (h, w):
         raise ValueError(f"cam must be (B, K, {h}, {w}), got shape {tuple(cam.shape)}")
     if logt < 0:
@@ -79,7 +97,10 @@ def propagate_with_affinity(
         aff = aff.unsqueeze(0)
     if aff.shape != (b, idx_from.numel()):
         raise ValueError(f"aff must be ({b}, {idx_from.numel()}) for this grid and radius, got {tuple(aff.shape)}")
+    method = walk_method(method, cam.device)
     with torch.no_grad():
+        if method == "stencil":
+            return propagate_stencil(cam, aff, idx_from, idx_to, beta, 2**logt)
         step = transition_weights(aff.to(cam.dtype), idx_from, idx_to, n, beta)
         x = cam.reshape(b, k, n).transpose(1, 2).reshape(b * n, k).contiguous()  # (B*N, K)
         for _ in range(2**logt):
@@ -95,6 +116,7 @@ def propagate(
     beta: float = 8.0,
     logt: int = 8,
     reference_pairs: bool = False,
+    method: str = "auto",
 ) -> torch.Tensor:
     """Random walk of cam (K, h, w) [or (B, K, h, w)] with affinities of embedding feat (D, h, w) [(B, D, h, w)]; same shape out."""
     if cam.dim() != feat.dim() or cam.dim() not in (3, 4):
@@ -109,7 +131,7 @@ def propagate(
     with torch.no_grad():
         aff = pair_affinity(feat, idx_from, idx_to)
     out = propagate_with_affinity(
-        cam, aff.to(cam.device), h, w, radius, beta=beta, logt=logt, reference_pairs=reference_pairs
+        cam, aff.to(cam.device), h, w, radius, beta=beta, logt=logt, reference_pairs=reference_pairs, method=method
     )
     return out if batched else out[0]
 
