@@ -170,6 +170,13 @@ class RuntimeConfig:
     threads: int = 0  # torch intra-op threads (0: torch's default)
     progress: bool = True
     log_every: int = 20
+    # throughput (affinitynet.accel); like the device, none changes results beyond floating-point rounding
+    amp: bool = False  # mixed precision: float16 + loss scaling on CUDA, bfloat16 on the CPU; walk, CRF, losses in float32
+    channels_last: bool = False  # NHWC memory format for the networks (faster on tensor-core GPUs)
+    pin_memory: bool = True  # page-locked training batches on CUDA, copied without blocking
+    prefetch_factor: int = 2  # batches each DataLoader worker prepares ahead (with num_workers > 0)
+    step_sync: bool = True  # read the loss every step; false: every log_every steps only (no per-step device sync)
+    batch_images: int = 1  # make_cam: up to this many images of one size per forward pass
 
 
 @dataclass

@@ -23,6 +23,7 @@ from torch.optim.lr_scheduler import LRScheduler
 from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
+from .accel import AccelOptions
 from .dist import DistInfo, barrier, derive_seed
 from .errors import DataError, StageError
 from .io import atomic_path
@@ -174,13 +175,24 @@ def _wrap(model: nn.Module, info: DistInfo, device: torch.device, find_unused_pa
     return DistributedDataParallel(model, find_unused_parameters=find_unused_parameters)
 
 
-def _loss_is_finite(loss: torch.Tensor, info: DistInfo) -> tuple[bool, float]:
-    """Whether the loss is finite on every rank (all ranks agree), and this rank's value."""
-    value = loss.detach().float()
-    bad = (~torch.isfinite(value)).float().reshape(1)
+def _check_losses(unread: list[tuple[int, torch.Tensor, float]], info: DistInfo, epoch: int, last_path: Path) -> float:
+    """Read the (step, loss, lr) entries not checked yet; StageError at the first loss that is not finite on any
+    rank (all ranks agree). Returns this rank's latest loss value."""
+    losses = torch.stack([loss.float() for _, loss, _ in unread])
+    order = torch.arange(len(unread), device=losses.device)
+    first = torch.where(torch.isfinite(losses), len(unread), order).min().reshape(1)
     if info.distributed:
-        torch_dist.all_reduce(bad, op=torch_dist.ReduceOp.SUM)
-    return bool(bad.item() == 0), float(value)
+        torch_dist.all_reduce(first, op=torch_dist.ReduceOp.MIN)
+    values = losses.tolist()
+    i = int(first.item())
+    if i < len(unread):
+        step, _, lr = unread[i]
+        kept = f"last good checkpoint kept at {last_path}" if last_path.is_file() else \
+            "no checkpoint was written yet (one is written after each epoch)"
+        what = "NaN" if not np.isinf(values[i]) else "infinite"
+        raise StageError(f"loss became {what} at epoch {epoch} step {step}; {kept}; lower the "
+                         f"learning rate (now {lr:.3g}) and re-run")
+    return values[-1]
 
 
 def _jsonable(o):
@@ -253,7 +265,8 @@ def fit(model: nn.Module, loss_fn: Callable, dataset, *, optimizer: torch.optim.
         batch_size: int, ckpt_dir, device, poly_power: float = 0.9, dist_info: DistInfo | None = None,
         seed: int = 0, num_workers: int = 0, progress: bool = False, log_every: int = 20,
         log: logging.Logger | None = None, validate: Callable | None = None, config: dict | None = None,
-        collate_fn: Callable | None = None, find_unused_parameters: bool = False) -> dict:
+        collate_fn: Callable | None = None, find_unused_parameters: bool = False,
+        accel: AccelOptions | None = None) -> dict:
     """Train ``model`` for ``epochs`` with ``loss_fn(model, batch, device) -> (scalar loss, {name: scalar})``.
 
     Resumes from ``ckpt_dir/last.pt`` when present, writes it after every epoch (rank 0), appends to
@@ -262,8 +275,11 @@ def fit(model: nn.Module, loss_fn: Callable, dataset, *, optimizer: torch.optim.
     ``validate(model) -> {name: value}`` runs after each epoch on rank 0 with the unwrapped model under
     ``torch.no_grad()``; it calls ``model.eval()`` itself, ``fit`` switches back to ``train()``.
     A non-finite loss raises StageError and leaves ``last.pt`` as it was.
+    ``accel`` (``affinitynet.accel``): mixed precision, channels-last, DataLoader pinning and prefetch, and
+    whether losses (scalars or 0-dim tensors) are read every step or only every ``log_every`` steps.
     """
     info = dist_info or DistInfo()
+    accel = accel or AccelOptions()
     log = log or logging.getLogger("affinitynet.engine")
     device = torch.device(device)
     ckpt_dir = Path(ckpt_dir)
@@ -272,6 +288,9 @@ def fit(model: nn.Module, loss_fn: Callable, dataset, *, optimizer: torch.optim.
         ckpt_dir.mkdir(parents=True, exist_ok=True)
 
     model.to(device)
+    if accel.channels_last:
+        model.to(memory_format=torch.channels_last)
+    scaler = accel.grad_scaler(device)
     sampler = DistributedSampler(dataset, num_replicas=info.world_size, rank=info.rank, shuffle=True,
                                  seed=seed, drop_last=True)
     steps_per_epoch = len(sampler) // batch_size
@@ -301,6 +320,8 @@ def fit(model: nn.Module, loss_fn: Callable, dataset, *, optimizer: torch.optim.
         extra = ckpt.get("extra", {})
         time_before, last_loss = float(extra.get("time_s", 0.0)), float(extra.get("loss", float("nan")))
         rng_states = extra.get("rng")
+        if scaler.is_enabled() and extra.get("scaler"):
+            scaler.load_state_dict(extra["scaler"])
         resumed_from = start_epoch
         if info.is_main:
             _trim_history(history, step)
@@ -310,6 +331,7 @@ def fit(model: nn.Module, loss_fn: Callable, dataset, *, optimizer: torch.optim.
     barrier()
 
     train_model = _wrap(model, info, device, find_unused_parameters)
+    net = accel.wrap(train_model, device)  # what loss_fn calls: autocast and channels-last inputs when asked
     if rng_states:
         _set_rng_state(rng_states[info.rank] if len(rng_states) == info.world_size else rng_states[0])
 
@@ -318,43 +340,44 @@ def fit(model: nn.Module, loss_fn: Callable, dataset, *, optimizer: torch.optim.
         sampler.set_epoch(epoch)
         if hasattr(dataset, "set_epoch"):
             dataset.set_epoch(epoch)
-        loader = DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
-                            drop_last=True, pin_memory=device.type == "cuda", collate_fn=collate_fn,
-                            generator=torch.Generator().manual_seed(derive_seed(seed, epoch)))
+        loader = DataLoader(dataset, batch_size=batch_size, sampler=sampler, drop_last=True, collate_fn=collate_fn,
+                            generator=torch.Generator().manual_seed(derive_seed(seed, epoch)),
+                            **accel.loader_kwargs(device, num_workers))
         train_model.train()
-        sums: dict[str, float] = {}
+        sums: dict[str, torch.Tensor | float] = {}  # float64 tensors stay on the device: no synchronisation
         count = 0
+        unread: list[tuple[int, torch.Tensor, float]] = []  # (step, loss, lr) not yet checked for NaN
         bar = tqdm(loader, total=steps_per_epoch, desc=f"epoch {epoch}/{epochs}", leave=False,
                    disable=not (progress and info.is_main), dynamic_ncols=True)
         for batch in bar:
-            loss, logs = loss_fn(train_model, batch, device)
+            loss, logs = loss_fn(net, batch, device)
             if loss.dim() != 0:
                 raise ValueError(f"loss_fn must return a scalar loss, got shape {tuple(loss.shape)}")
-            finite, loss_value = _loss_is_finite(loss, info)
-            if not finite:
-                kept = f"last good checkpoint kept at {last_path}" if last_path.is_file() else \
-                    "no checkpoint was written yet (one is written after each epoch)"
-                what = "NaN" if not np.isinf(loss_value) else "infinite"
-                raise StageError(f"loss became {what} at epoch {epoch} step {step + 1}; {kept}; lower the "
-                                 f"learning rate (now {optimizer.param_groups[0]['lr']:.3g}) and re-run")
+            unread.append((step + 1, loss.detach(), optimizer.param_groups[0]["lr"]))
+            logged = log_every > 0 and (step + 1) % log_every == 0
+            if accel.step_sync or logged or count + 1 == steps_per_epoch:  # the only host-device syncs
+                loss_value = _check_losses(unread, info, epoch, last_path)
+                unread.clear()
+                bar.set_postfix(loss=f"{loss_value:.4f}")
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
             lr = optimizer.param_groups[0]["lr"]  # the rate this iteration used
             scheduler.step()
             step += 1
-            values = {"loss": loss_value, **{k: float(v) for k, v in (logs or {}).items()}}
-            for k, v in values.items():
-                sums[k] = sums.get(k, 0.0) + v
+            values = {"loss": loss.detach(), **(logs or {})}
+            for k, v in values.items():  # tensors stay on their device; 0.0 + x is x exactly
+                sums[k] = sums.get(k, 0.0) + (v.detach().to(torch.float64) if torch.is_tensor(v) else float(v))
             count += 1
-            bar.set_postfix(loss=f"{loss_value:.4f}")
-            if info.is_main and log_every > 0 and step % log_every == 0:
-                _append_jsonl(history, {"kind": "step", "epoch": epoch, "step": step, "lr": lr, **values})
+            if info.is_main and logged:
+                row = {k: float(v) for k, v in values.items()}
+                _append_jsonl(history, {"kind": "step", "epoch": epoch, "step": step, "lr": lr, **row})
                 log.info("epoch %d/%d iteration %d/%d loss %.4f lr %.3g", epoch, epochs, step,
-                         scheduler.max_step, loss_value, lr)
+                         scheduler.max_step, row["loss"], lr)
         bar.close()
 
-        means = _mean_over_ranks(sums, count, info, device)
+        means = _mean_over_ranks({k: float(v) for k, v in sums.items()}, count, info, device)
         last_loss = means.get("loss", float("nan"))
         val = {}
         if validate is not None and info.is_main:
@@ -365,8 +388,11 @@ def fit(model: nn.Module, loss_fn: Callable, dataset, *, optimizer: torch.optim.
         if info.is_main:
             _append_jsonl(history, {"kind": "epoch", "epoch": epoch, "step": step,
                                     "lr": optimizer.param_groups[0]["lr"], **means, "val": val, "time_s": elapsed})
+            extra = {"loss": last_loss, "time_s": elapsed, "rng": rng_all}
+            if scaler.is_enabled():
+                extra["scaler"] = scaler.state_dict()
             save_checkpoint(last_path, model=model, optimizer=optimizer, scheduler=scheduler, epoch=epoch,
-                            step=step, config=config, extra={"loss": last_loss, "time_s": elapsed, "rng": rng_all})
+                            step=step, config=config, extra=extra)
             log.info("epoch %d/%d done: %s%s", epoch, epochs,
                      " ".join(f"{k} {v:.4f}" for k, v in means.items()),
                      "".join(f" val {k} {v}" for k, v in val.items()))

@@ -52,8 +52,11 @@ def grid_pair_affinity(feat: torch.Tensor, radius: int) -> torch.Tensor:
 
 def affinity_loss(
     aff: torch.Tensor, bg_pos: torch.Tensor, fg_pos: torch.Tensor, neg: torch.Tensor, eps: float = 1e-5
-) -> tuple[torch.Tensor, dict[str, float]]:
-    """AffinityNet loss on aff (B, P) and boolean masks (B, P): bg/4 + fg/4 + neg/2, each a mean over its own pairs."""
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """AffinityNet loss on aff (B, P) and boolean masks (B, P): bg/4 + fg/4 + neg/2, each a mean over its own pairs.
+
+    The parts (each term and its pair count) are 0-dim tensors on aff's device: nothing here waits for the device.
+    """
     pos_term = -torch.log(aff + eps)
     neg_term = -torch.log(1.0 + eps - aff)
     terms, parts = [], {}
@@ -62,13 +65,11 @@ def affinity_loss(
         ("fg", fg_pos, pos_term, 0.25),
         ("neg", neg, neg_term, 0.5),
     ):
-        count = int(mask.sum())
-        if count:
-            term = values[mask].sum() / count
-        else:
-            term = aff.sum() * 0.0  # no pairs of this kind: contributes 0 but keeps the graph connected
+        count = mask.sum()
+        # no pairs of this kind: 0 / 1, which contributes 0 but keeps the graph connected
+        term = torch.where(mask, values, 0.0).sum() / count.clamp(min=1)
         terms.append(weight * term)
-        parts[f"{name}_loss"] = float(term.detach())
+        parts[f"{name}_loss"] = term.detach()
         parts[f"{name}_count"] = count
     return terms[0] + terms[1] + terms[2], parts
 

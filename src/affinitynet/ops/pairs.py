@@ -63,10 +63,17 @@ def pair_indices(
         raise ValueError(f"grid must be at least 1x1, got {h}x{w}")
     build = _reference_pairs if reference else _full_pairs
     with torch.inference_mode(False):  # cached: an inference tensor made under inference_mode would break training
-        idx_from, idx_to = build(int(h), int(w), int(radius))
-    if device is not None:
-        idx_from, idx_to = idx_from.to(device), idx_to.to(device)
-    return idx_from, idx_to
+        if device is not None and torch.device(device).type != "cpu":
+            return _on_device(build, int(h), int(w), int(radius), torch.device(device))
+        return build(int(h), int(w), int(radius))
+
+
+@functools.lru_cache(maxsize=64)
+def _on_device(build, *args):
+    """``build(*args[:-1])``'s tensors copied to the device ``args[-1]`` once: a copy from host memory every
+    training step would wait for the device."""
+    out = build(*args[:-1])
+    return tuple(t.to(args[-1]) for t in out) if isinstance(out, tuple) else out.to(args[-1])
 
 
 @functools.lru_cache(maxsize=64)
@@ -80,9 +87,11 @@ def _reference_positions(h: int, w: int, radius: int) -> torch.Tensor:
     return order[pos]
 
 
-def reference_subset(h: int, w: int, radius: int) -> torch.Tensor:
+def reference_subset(h: int, w: int, radius: int, *, device: torch.device | str | None = None) -> torch.Tensor:
     """(P_ref,) positions in ``pair_indices(h, w, radius)`` of the pairs of ``pair_indices(..., reference=True)``, in its order."""
     with torch.inference_mode(False):
+        if device is not None and torch.device(device).type != "cpu":
+            return _on_device(_reference_positions, int(h), int(w), int(radius), torch.device(device))
         return _reference_positions(int(h), int(w), int(radius))
 
 

@@ -102,6 +102,7 @@ def train_network(ctx, model: torch.nn.Module, section, dataset, loss_fn, out_di
     ``section`` is the stage's config section (lr, weight_decay, momentum, poly_power, epochs, batch_size).
     Checkpoints, ``history.jsonl`` and ``final.pt`` go to ``RUN_DIR/out_dir``.
     """
+    from ..accel import AccelOptions
     from ..dist import DistInfo
     from ..engine import fit, param_groups_sgd
 
@@ -112,4 +113,4 @@ def train_network(ctx, model: torch.nn.Module, section, dataset, loss_fn, out_di
                ckpt_dir=ctx.path(out_dir), device=ctx.device, poly_power=section.poly_power,
                dist_info=DistInfo(ctx.rank, ctx.world_size, ctx.local_rank), seed=rt.seed,
                num_workers=rt.num_workers, progress=rt.progress and ctx.is_main, log_every=rt.log_every,
-               log=ctx.log, validate=validate, config=ctx.cfg.to_dict())
+               log=ctx.log, validate=validate, config=ctx.cfg.to_dict(), accel=AccelOptions.from_runtime(rt))

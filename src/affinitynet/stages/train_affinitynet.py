@@ -43,13 +43,13 @@ def affinity_batch_loss(model, batch, device, *, radius: int, num_classes: int, 
     x, label = batch
     feat = model(x.to(device, non_blocking=True))
     h, w = feat.shape[-2:]
-    label = label.to(device)
+    label = label.to(device, non_blocking=True)
     grid = label if label.shape[-2:] == (h, w) else pool_label_map(label, num_classes, STRIDE)[..., :h, :w]
     idx_from, idx_to = pair_indices(h, w, radius, reference=reference_pairs, device=feat.device)
     bg_pos, fg_pos, neg = pair_labels(grid, idx_from, idx_to)
     aff = grid_pair_affinity(feat, radius)
     if reference_pairs:
-        aff = aff[:, reference_subset(h, w, radius).to(aff.device)]
+        aff = aff[:, reference_subset(h, w, radius, device=aff.device)]
     loss, parts = affinity_loss(aff, bg_pos, fg_pos, neg)
     return loss, parts
 

@@ -24,8 +24,8 @@ VAL_IMAGES = 500  # validation after each epoch looks at no more than this many 
 def classification_loss(model, batch, device):
     """Multi-label soft margin loss of one batch: images (B, 3, S, S), tags (B, C)."""
     x, y = batch
-    loss = F.multilabel_soft_margin_loss(model(x.to(device, non_blocking=True)), y.to(device))
-    return loss, {"loss": loss.item()}
+    loss = F.multilabel_soft_margin_loss(model(x.to(device, non_blocking=True)), y.to(device, non_blocking=True))
+    return loss, {}
 
 
 @torch.no_grad()
