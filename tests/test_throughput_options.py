@@ -277,3 +277,58 @@ def test_channels_last_and_amp_cams_match_float32():
     amp = multiscale_cam(AccelOptions(amp=True).for_inference(tiny_classifier(), "cpu"), image, (1.0, 0.5, 1.5), True)
     assert amp.dtype == torch.float32
     assert (amp - ref).abs().max() <= 0.05 * ref.abs().max()  # bfloat16: ~3 significant digits per layer
+
+
+# ----------------------------------------------------------------------------- batched multi-image inference
+
+
+@pytest.mark.parametrize("batched", [True, False])
+def test_a_batch_of_images_gives_each_image_its_own_cams(batched):
+    model = tiny_classifier()
+    images = torch.randn(3, 3, 29, 35)
+    together = multiscale_cam(model, images, (1.0, 0.5, 1.5), True, batched=batched)
+    assert together.shape == (3, 4, 29, 35)
+    for i in range(3):
+        alone = multiscale_cam(model, images[i], (1.0, 0.5, 1.5), True, batched=batched)
+        assert torch.allclose(together[i], alone, rtol=1e-5, atol=1e-5 * alone.abs().max().item())
+
+
+def test_batched_image_cams_equal_one_image_at_a_time():
+    cam_sources = pytest.importorskip("affinitynet.stages.cam_sources")
+    batch_image_cams, image_cams = cam_sources.batch_image_cams, cam_sources.image_cams
+
+    model = tiny_classifier()
+    rng = np.random.default_rng(0)
+    raws = [rng.integers(0, 256, (30, 44, 3), dtype=np.uint8) for _ in range(3)]
+    tags = [np.array([1, 0, 1, 0], np.float32), np.array([0, 1, 0, 0], np.float32), np.array([1, 1, 1, 1], np.float32)]
+    for resample in ("bilinear", "bicubic"):
+        cfg = SimpleNamespace(scales=[1.0, 0.5, 1.5], flip=True, batch_scales=True, resample=resample, max_long_side=40)
+        for (keys, maps), raw, tag in zip(batch_image_cams(model, raws, tags, cfg), raws, tags):
+            keys1, maps1 = image_cams(model, raw, tag, cfg)
+            assert torch.equal(keys, keys1) and maps.shape == (len(keys1), 30, 44)
+            assert torch.allclose(maps, maps1, atol=1e-5)
+
+
+def test_same_size_batches_group_upcoming_images_of_one_size(tmp_path):
+    sizes = {"a": (4, 6), "b": (4, 6), "c": (5, 6), "d": (4, 6), "e": (5, 6), "f": (4, 6), "g": (4, 6)}
+    done = {"d"}  # already written (resumed stage)
+    groups = []
+
+    def output_of(name):
+        return tmp_path / f"{name}.out"
+
+    for name in done:
+        output_of(name).touch()
+
+    def run(names, inputs):
+        assert all(inp[0].shape[:2] == inputs[0][0].shape[:2] for inp in inputs)
+        groups.append(names)
+        for n in names:
+            output_of(n).touch()
+
+    work = SameSizeBatches(list(sizes), output_of, lambda n: (np.zeros(sizes[n] + (3,)),), run, size=2, lookahead=3)
+    for name in sizes:  # what map_images does: every name whose output was missing when the stage began
+        if name not in done:
+            work(name)
+    assert groups == [["a", "b"], ["c", "e"], ["f", "g"]]
+    assert work.loaded == {}  # nothing left in memory

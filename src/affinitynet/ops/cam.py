@@ -78,7 +78,8 @@ def multiscale_cam(
     batched: bool = True,
     scaled: Sequence[torch.Tensor] | None = None,
 ) -> torch.Tensor:
-    """(3, H, W) normalised image -> (C, H, W) CAMs summed over scales and flips, on the model's device.
+    """(3, H, W) normalised image -> (C, H, W) CAMs summed over scales and flips, on the model's device;
+    a batch (B, 3, H, W) of images of one size gives (B, C, H, W), each as if it were alone.
 
     Each scale resizes the image bilinearly to round(H*s) x round(W*s); ``model.cam`` gives (B, C, h, w)
     maps, the flipped one is flipped back, and each map is upsampled bilinearly (align_corners=False)
@@ -88,26 +89,31 @@ def multiscale_cam(
     scale and flip). Both give the same result up to float rounding. Scales are not packed into
     one padded batch: zero padding changes the convolution outputs near the border, so it would not
     be exact. ``scaled`` (one (3, h_s, w_s) tensor per scale, e.g. from ``scaled_images``) replaces the
-    bilinear resizing of ``image``; ``image`` then only gives the output size.
+    bilinear resizing of ``image``; ``image`` then only gives the output size. With a batch, each of
+    them is (B, 3, h_s, w_s).
     """
-    if image.ndim != 3:
-        raise ValueError(f"expected a (3, H, W) image, got shape {tuple(image.shape)}")
+    if image.ndim not in (3, 4):
+        raise ValueError(f"expected a (3, H, W) image or a (B, 3, H, W) batch, got shape {tuple(image.shape)}")
     if len(scales) == 0:
         raise ValueError("multiscale_cam needs at least one scale")
     device = _model_device(model)
     h, w = image.shape[-2:]
-    x = image.to(device=device, dtype=torch.float32).unsqueeze(0)
+    single = image.ndim == 3
+    x = image.to(device=device, dtype=torch.float32)
+    x = x.unsqueeze(0) if single else x
+    b = x.shape[0]
     total = None
     if scaled is not None and len(scaled) != len(scales):
         raise ValueError(f"{len(scaled)} scaled images for {len(scales)} scales")
     with torch.inference_mode():
         for i, s in enumerate(scales):
-            xs = _resize(x, _scaled_size(h, w, s)) if scaled is None else scaled[i].to(device, torch.float32).unsqueeze(0)
+            xs = _resize(x, _scaled_size(h, w, s)) if scaled is None else scaled[i].to(device, torch.float32)
+            xs = xs.unsqueeze(0) if xs.ndim == 3 else xs
             if batched:
                 batch = torch.cat([xs, xs.flip(-1)], dim=0) if flip else xs
                 maps = model.cam(batch)
-                low = maps[0:1] + maps[1:2].flip(-1) if flip else maps[0:1]
-                up = _resize(low, (h, w))[0]
+                low = maps[:b] + maps[b:].flip(-1) if flip else maps
+                up = _resize(low, (h, w))
                 total = up if total is None else total + up
             else:
                 views = [(xs, False), (xs.flip(-1), True)] if flip else [(xs, False)]
@@ -115,9 +121,9 @@ def multiscale_cam(
                     m = model.cam(view)
                     if flipped:
                         m = m.flip(-1)
-                    up = _resize(m, (h, w))[0]
+                    up = _resize(m, (h, w))
                     total = up if total is None else total + up
-    return total
+    return total[0] if single else total
 
 
 def normalize_cams(cams: torch.Tensor, labels) -> tuple[torch.Tensor, torch.Tensor]:

@@ -56,11 +56,16 @@ def require(path: Path, stage: str) -> Path:
     return Path(path)
 
 
-def build_trained(build, section, *args, path: Path, device: torch.device, stage: str) -> torch.nn.Module:
-    """``build(section, *args)`` without the section's initial weights (the checkpoint replaces every one), loaded from ``path``."""
+def build_trained(build, section, *args, path: Path, device: torch.device, stage: str,
+                  accel=None) -> torch.nn.Module:
+    """``build(section, *args)`` without the section's initial weights (the checkpoint replaces every one), loaded from ``path``.
+
+    ``accel`` (``affinitynet.accel.AccelOptions``, from ``runtime``): channels-last and autocast for inference.
+    """
     import dataclasses
 
-    return load_trained(build(dataclasses.replace(section, pretrained=""), *args), path, device, stage)
+    model = load_trained(build(dataclasses.replace(section, pretrained=""), *args), path, device, stage)
+    return model if accel is None else accel.for_inference(model, device)
 
 
 def load_trained(model: torch.nn.Module, path: Path, device: torch.device, stage: str) -> torch.nn.Module:

@@ -18,6 +18,7 @@ from ..models import build_deeplab
 from ..ops.bound import shrink_image, upsample_to
 from ..ops.cam import normalize_image
 from ..ops.inference import multiscale_predict
+from ..accel import AccelOptions
 from .common import build_trained
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
@@ -60,7 +61,8 @@ class _Segmenter:
         c = self.cfg.segmentation
         if self._model is None:
             self._model = build_trained(build_deeplab, c, self.dataset.num_classes + 1, path=self.model_path,
-                                        device=self.device, stage="train_segmentation")
+                                        device=self.device, stage="train_segmentation",
+                                        accel=AccelOptions.from_runtime(self.cfg.runtime))
         label = predict_label(self._model, self.dataset.load_image(name), self.device, scales=c.test_scales,
                               flip=c.test_flip, crf=c.crf, max_long_side=c.test_max_long_side)
         save_label_png(self.out_dir / f"{name}.png", label)

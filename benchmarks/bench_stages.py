@@ -1,0 +1,356 @@
+"""Images per second of every pipeline stage at a preset's settings, each next to a baseline from the same run.
+
+    python benchmarks/bench_stages.py [--preset paper cpu] [--device auto] [--max-batch N] [--steps S]
+                                      [--only STAGE ...] [--json PATH]
+
+``paper`` is the ``voc12_resnet38`` preset (ResNet-38, 448 crops, its batch sizes, scales and CRF settings),
+``cpu`` the ``synthetic_cpu`` preset (tiny backbones, 128-px images). Networks start from random weights
+(throughput does not depend on them); inference runs on random images of a typical VOC size (500 x 375,
+or the preset's synthetic size), training on random crops. For each stage the baseline is the release's way
+(inference: one image, one scale and one view per forward, the dense random walk) or, for training, float32
+without any option; every other row adds options (``affinitynet.accel``, ``runtime`` keys) and shows its
+speed-up over that baseline. The dense CRF has no option: its row is its own baseline.
+Prints a markdown table; --json saves the rows.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+import affinitynet
+from affinitynet import config as config_mod
+from affinitynet.accel import AccelOptions
+from affinitynet.models import build_affinitynet, build_classifier, build_deeplab
+from affinitynet.ops.affinity import pair_affinity
+from affinitynet.ops.cam import multiscale_cam
+from affinitynet.ops.inference import multiscale_predict
+from affinitynet.ops.pairs import pair_indices
+from affinitynet.randomwalk import dense_propagate_reference, propagate_with_affinity
+from affinitynet.stages.train_affinitynet import affinity_batch_loss
+from affinitynet.stages.train_cam import classification_loss
+from affinitynet.stages.train_segmentation import segmentation_loss
+
+PRESETS = {"paper": "voc12_resnet38.yaml", "cpu": "synthetic_cpu.yaml"}
+STAGES = ("train_cam", "make_cam", "make_affinity_labels", "train_affinitynet", "random_walk",
+          "train_segmentation", "segment")
+STRIDE = 8
+WALK_CHANNELS = 3  # background + the two classes a typical image carries
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+WARMUP = [1]  # untimed runs before each timing (--warmup)
+
+
+def timed(fn, device: torch.device, repeats: int, warmup: int | None = None) -> float:
+    """Median seconds of ``fn()`` over ``repeats`` runs after ``warmup`` untimed ones."""
+    for _ in range(WARMUP[0] if warmup is None else warmup):
+        fn()
+    sync(device)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        sync(device)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def variants(device: torch.device) -> list[tuple[str, AccelOptions]]:
+    """The training options to compare with float32, in order."""
+    return [
+        ("float32 (baseline)", AccelOptions()),
+        ("amp", AccelOptions(amp=True)),
+        ("channels_last", AccelOptions(channels_last=True)),
+        ("amp + channels_last + step_sync=false", AccelOptions(amp=True, channels_last=True, step_sync=False)),
+    ]
+
+
+# ----------------------------------------------------------------------------- training stages
+
+
+def train_rows(stage: str, cfg, device, args) -> list[dict]:
+    """Images per second of one training stage's step (forward, loss, backward, SGD) for each option set."""
+    section = {"train_cam": cfg.cam, "train_affinitynet": cfg.affinitynet, "train_segmentation": cfg.segmentation}[stage]
+    section = dataclasses.replace(section, pretrained="")
+    size, batch = section.crop_size, min(section.batch_size, args.max_batch or section.batch_size)
+    classes = cfg.data.synth_classes if cfg.data.kind == "synthetic" else 20
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(batch, 3, size, size, generator=gen)
+    if stage == "train_cam":
+        build, loss_fn = (lambda: build_classifier(section, classes)), classification_loss
+        target = (torch.rand(batch, classes, generator=gen) > 0.7).float()
+    elif stage == "train_affinitynet":
+        build = lambda: build_affinitynet(section)  # noqa: E731
+        g = -(-size // STRIDE)
+        target = torch.randint(0, 3, (batch, g, g), generator=gen)
+        target[:, : g // 4] = 255
+
+        def loss_fn(model, b, dev):
+            return affinity_batch_loss(model, b, dev, radius=section.radius, num_classes=classes + 1,
+                                       reference_pairs=section.reference_pairs)
+    else:
+        build, loss_fn = (lambda: build_deeplab(section, classes + 1)), segmentation_loss
+        target = torch.randint(0, classes + 1, (batch, size, size), generator=gen)
+    if device.type == "cuda":
+        x, target = x.pin_memory(), target.pin_memory()
+    rows = []
+    for name, opts in variants(device):
+        torch.manual_seed(0)
+        model = build().to(device).train()
+        if opts.channels_last:
+            model.to(memory_format=torch.channels_last)
+        optimizer = torch.optim.SGD(model.parameters(), lr=1e-6, momentum=0.9)
+        scaler, net = opts.grad_scaler(device), opts.wrap(model, device)
+
+        def step():
+            loss, _ = loss_fn(net, (x, target), device)
+            if opts.step_sync:
+                torch.isfinite(loss).item()  # the loop's per-step read of the loss
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+
+        try:
+            seconds = timed(step, device, args.steps)
+        except RuntimeError as e:  # e.g. an autocast dtype this CPU build does not support
+            rows.append({"variant": name, "error": str(e).splitlines()[0][:80]})
+            continue
+        rows.append({"variant": name, "images_per_s": batch / seconds, "batch": batch, "size": f"{size}x{size}"})
+        del model, optimizer, net
+    return rows
+
+
+# ----------------------------------------------------------------------------- inference stages
+
+
+def test_images(cfg, args, count: int) -> torch.Tensor:
+    """(count, 3, H, W) normalised random images of one typical size."""
+    h, w = (cfg.data.synth_size,) * 2 if cfg.data.kind == "synthetic" else args.image_size
+    return torch.randn(count, 3, h, w, generator=torch.Generator().manual_seed(1))
+
+
+def release_cam(model, image: torch.Tensor, scales, flip: bool) -> torch.Tensor:
+    """The release's make-CAM loop: one image, one scale and one view per forward."""
+    return multiscale_cam(model, image, scales, flip, batched=False)
+
+
+def make_cam_rows(cfg, device, args) -> list[dict]:
+    section = dataclasses.replace(cfg.cam, pretrained="")
+    classes = cfg.data.synth_classes if cfg.data.kind == "synthetic" else 20
+    torch.manual_seed(0)
+    model = build_classifier(section, classes).to(device).eval()
+    n = args.batch_images
+    images = test_images(cfg, args, n).to(device)
+    scales, flip = section.scales, section.flip
+    size = f"{images.shape[-1]}x{images.shape[-2]}"
+    rows = []
+
+    def per_image(net, batched):
+        return lambda: [multiscale_cam(net, images[i], scales, flip, batched=batched) for i in range(n)]
+
+    cases = [("release: 1 image, 1 scale, 1 view per forward (baseline)", per_image(model, False)),
+             ("flip batched per scale (cam.batch_scales)", per_image(model, True)),
+             (f"+ {n} images per batch (runtime.batch_images={n})", lambda: multiscale_cam(model, images, scales, flip))]
+    for name, opts in (("+ amp", AccelOptions(amp=True)), ("+ channels_last", AccelOptions(channels_last=True))):
+        net = opts.for_inference(build_classifier(section, classes).to(device).eval(), device)
+        cases.append((f"{n} images per batch {name}", lambda net=net: multiscale_cam(net, images, scales, flip)))
+    for name, fn in cases:
+        seconds = timed(fn, device, args.repeats)
+        rows.append({"variant": name, "images_per_s": n / seconds, "batch": n, "size": size})
+    return rows
+
+
+def crf_rows(cfg, device, args) -> list[dict]:
+    """make_affinity_labels: two dense CRFs per image (low and high alpha), CPU only; no option."""
+    from affinitynet.ops.crf import dense_crf
+
+    if not cfg.affinity_labels.crf:
+        return [{"variant": "CRF off in this preset", "images_per_s": float("nan")}]
+    c = cfg.affinity_labels
+    h, w = (cfg.data.synth_size,) * 2 if cfg.data.kind == "synthetic" else args.image_size
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+    scores = rng.random((WALK_CHANNELS, h, w), dtype=np.float32)
+
+    def two_crfs():
+        for _ in range(2):
+            dense_crf(image, scores, iters=c.crf_iters, gauss_sxy=c.crf_gauss_sxy, gauss_compat=c.crf_gauss_compat,
+                      bilateral_sxy=c.crf_bilateral_sxy, bilateral_srgb=c.crf_bilateral_srgb,
+                      bilateral_compat=c.crf_bilateral_compat, unary=c.crf_unary)
+
+    seconds = timed(two_crfs, torch.device("cpu"), args.repeats)
+    return [{"variant": f"2 dense CRFs, {c.crf_iters} iterations, {WALK_CHANNELS} labels (no option)",
+             "images_per_s": 1 / seconds, "batch": 1, "size": f"{w}x{h}"}]
+
+
+def random_walk_rows(cfg, device, args) -> list[dict]:
+    """AffinityNet on one image + pair affinities + the walk of background and two classes."""
+    rw = cfg.random_walk
+    section = dataclasses.replace(cfg.affinitynet, pretrained="")
+    torch.manual_seed(0)
+    image = test_images(cfg, args, 1)
+    if rw.scale != 1.0:
+        image = F.interpolate(image, scale_factor=rw.scale, mode="bilinear", align_corners=False)
+    h, w = image.shape[-2:]
+    gh, gw = -(-h // STRIDE), -(-w // STRIDE)
+    image = F.pad(image, (0, gw * STRIDE - w, 0, gh * STRIDE - h)).to(device)
+    cam = torch.rand(1, WALK_CHANNELS, gh, gw, generator=torch.Generator().manual_seed(2)).to(device)
+    idx_from, idx_to = pair_indices(gh, gw, rw.radius, reference=rw.reference_pairs, device=device)
+    n = gh * gw
+
+    def stage(net, method):
+        def run():
+            with torch.inference_mode():
+                aff = pair_affinity(net(image).float(), idx_from, idx_to)
+                if method == "dense":
+                    dense_propagate_reference(cam[0].reshape(WALK_CHANNELS, n), aff[0], idx_from, idx_to, n,
+                                              rw.beta, rw.logt)
+                else:
+                    propagate_with_affinity(cam, aff, gh, gw, rw.radius, beta=rw.beta, logt=rw.logt,
+                                            reference_pairs=rw.reference_pairs, method=method)
+        return run
+
+    model = build_affinitynet(section).to(device).eval()
+    amp = AccelOptions(amp=True, channels_last=True).for_inference(build_affinitynet(section).to(device).eval(), device)
+    auto = "stencil (Numba)" if device.type == "cpu" and propagate_with_affinity.__module__ and \
+        __import__("affinitynet.ops.walk_stencil", fromlist=["available"]).available() else "sparse"
+    cases = [("release: dense walk (baseline)", stage(model, "dense"), args.repeats),
+             ("sparse CSR walk", stage(model, "sparse"), args.repeats),
+             (f"walk method=auto: {auto}", stage(model, "auto"), args.repeats),
+             ("method=auto + amp + channels_last network", stage(amp, "auto"), args.repeats)]
+    rows = []
+    for name, fn, repeats in cases:
+        seconds = timed(fn, device, repeats)
+        rows.append({"variant": name, "images_per_s": 1 / seconds, "batch": 1, "size": f"{w}x{h}",
+                     "note": f"grid {gw}x{gh}, {WALK_CHANNELS} channels"})
+    return rows
+
+
+def segment_rows(cfg, device, args) -> list[dict]:
+    s = dataclasses.replace(cfg.segmentation, pretrained="")
+    classes = cfg.data.synth_classes if cfg.data.kind == "synthetic" else 20
+    torch.manual_seed(0)
+    image = test_images(cfg, args, 1)[0].to(device)
+    scales, flip = s.test_scales, s.test_flip
+
+    def release(net):  # one scale and one view per forward
+        def run():
+            h, w = image.shape[-2:]
+            total = 0
+            with torch.inference_mode():
+                for sc in scales:
+                    size = (max(1, round(h * sc)), max(1, round(w * sc)))
+                    xs = F.interpolate(image[None], size=size, mode="bilinear", align_corners=False)
+                    for view, flipped in ((xs, False), (xs.flip(-1), True))[: 2 if flip else 1]:
+                        logits = F.interpolate(net(view), size=(h, w), mode="bilinear", align_corners=False)
+                        prob = logits.softmax(1)
+                        total = total + (prob.flip(-1) if flipped else prob)
+        return run
+
+    def ours(net):
+        def run():
+            with torch.inference_mode():
+                multiscale_predict(net, image, scales, flip)
+        return run
+
+    model = build_deeplab(s, classes + 1).to(device).eval()
+    fast = AccelOptions(amp=True, channels_last=True).for_inference(build_deeplab(s, classes + 1).to(device).eval(),
+                                                                    device)
+    cases = [("release: 1 scale, 1 view per forward (baseline)", release(model)),
+             ("flip batched per scale", ours(model)),
+             ("flip batched + amp + channels_last", ours(fast))]
+    rows = []
+    for name, fn in cases:
+        seconds = timed(fn, device, args.repeats)
+        rows.append({"variant": name, "images_per_s": 1 / seconds, "batch": 1,
+                     "size": f"{image.shape[-1]}x{image.shape[-2]}",
+                     "note": f"{len(scales)} scales{' + flip' if flip else ''}; CRF not included"})
+    return rows
+
+
+# ----------------------------------------------------------------------------- table
+
+
+def run_stage(stage: str, cfg, device, args) -> list[dict]:
+    if stage.startswith("train_"):
+        return train_rows(stage, cfg, device, args)
+    return {"make_cam": make_cam_rows, "make_affinity_labels": crf_rows, "random_walk": random_walk_rows,
+            "segment": segment_rows}[stage](cfg, device, args)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--preset", nargs="+", choices=sorted(PRESETS), default=["cpu", "paper"])
+    parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    parser.add_argument("--max-batch", type=int, default=0,
+                        help="cap on the training batch (default: the preset's; 2 on the CPU at the paper preset)")
+    parser.add_argument("--batch-images", type=int, default=4, help="same-size images per batch in make_cam")
+    parser.add_argument("--steps", type=int, default=2, help="timed training steps per option set (median)")
+    parser.add_argument("--repeats", type=int, default=1, help="timed inference runs per variant (median)")
+    parser.add_argument("--image-size", type=int, nargs=2, default=(375, 500), metavar=("H", "W"))
+    parser.add_argument("--warmup", type=int, default=1, help="untimed runs before each timing")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    parser.add_argument("--only", nargs="+", choices=STAGES, default=list(STAGES))
+    parser.add_argument("--json", default="", help="also write the rows to this JSON file")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    WARMUP[0] = args.warmup
+    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
+                          ("cpu" if args.device == "auto" else args.device))
+    where = torch.cuda.get_device_name(device) if device.type == "cuda" else \
+        f"CPU ({platform.processor() or platform.machine()}, {os.cpu_count()} cores, {torch.get_num_threads()} threads)"
+    print(f"device: {where}; torch {torch.__version__}; load average {os.getloadavg()[0]:.2f}", file=sys.stderr)
+    records = []
+    for preset in args.preset:
+        cfg = config_mod.load(Path(affinitynet.__file__).parent / "configs" / PRESETS[preset])
+        preset_args = argparse.Namespace(**vars(args))
+        if preset == "paper" and device.type == "cpu" and not args.max_batch:
+            preset_args.max_batch = 2  # ResNet-38 at 448 with the preset's batches of 8-16 does not fit 2 cores' RAM
+        for stage in args.only:
+            start = time.perf_counter()
+            rows = run_stage(stage, cfg, device, preset_args)
+            base = rows[0].get("images_per_s", float("nan"))
+            for r in rows:
+                r.update(preset=preset, stage=stage, speedup=r.get("images_per_s", float("nan")) / base)
+                records.append(r)
+                ips = r.get("images_per_s")
+                print(f"  {preset:5s} {stage:20s} {r['variant']:60s} "
+                      + (f"{ips:9.3f} img/s  x{r['speedup']:.2f}" if ips is not None else r.get("error", "")),
+                      file=sys.stderr)
+            print(f"  ({stage}: {time.perf_counter() - start:.0f} s)", file=sys.stderr)
+
+    header = ["preset", "stage", "variant", "batch", "input", "images/s", "vs baseline"]
+    print(f"device: {where}; torch {torch.__version__}; load average at the end {os.getloadavg()[0]:.2f}")
+    print("| " + " | ".join(header) + " |")
+    print("|" + "|".join("---" for _ in header) + "|")
+    for r in records:
+        ips = r.get("images_per_s")
+        cells = [r["preset"], r["stage"], r["variant"] + (f" ({r['note']})" if r.get("note") else ""),
+                 str(r.get("batch", "-")), r.get("size", "-"),
+                 f"{ips:.3g}" if ips is not None else f"failed: {r.get('error', '')}",
+                 f"{r['speedup']:.2f}x" if ips is not None else "-"]
+        print("| " + " | ".join(cells) + " |")
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as f:
+            json.dump({"device": where, "torch": torch.__version__, "rows": records}, f, indent=1, default=str)
+
+
+if __name__ == "__main__":
+    main()
