@@ -36,6 +36,7 @@ from affinitynet.ops.affinity import pair_affinity
 from affinitynet.ops.cam import multiscale_cam
 from affinitynet.ops.inference import multiscale_predict
 from affinitynet.ops.pairs import pair_indices
+from affinitynet.ops.randomwalk import walk_method
 from affinitynet.randomwalk import dense_propagate_reference, propagate_with_affinity
 from affinitynet.stages.train_affinitynet import affinity_batch_loss
 from affinitynet.stages.train_cam import classification_loss
@@ -46,6 +47,22 @@ STAGES = ("train_cam", "make_cam", "make_affinity_labels", "train_affinitynet", 
           "train_segmentation", "segment")
 STRIDE = 8
 WALK_CHANNELS = 3  # background + the two classes a typical image carries
+
+
+def _synthetic(cfg, key: str):
+    """data.synthetic.<key> (data.synth_<key> in configs from before the data section's split)."""
+    data = cfg.data
+    return getattr(data.synthetic, key) if hasattr(data, "synthetic") else getattr(data, f"synth_{key}")
+
+
+def num_classes(cfg) -> int:
+    """Foreground classes: the synthetic set's, or VOC's 20."""
+    return _synthetic(cfg, "classes") if cfg.data.kind == "synthetic" else 20
+
+
+def image_size(cfg, args) -> tuple[int, int]:
+    """(H, W) of the test images: the synthetic set's size, or --image-size (VOC's typical 375 x 500)."""
+    return (_synthetic(cfg, "size"),) * 2 if cfg.data.kind == "synthetic" else tuple(args.image_size)
 
 
 def sync(device: torch.device) -> None:
@@ -70,6 +87,11 @@ def timed(fn, device: torch.device, repeats: int, warmup: int | None = None) -> 
     return statistics.median(times)
 
 
+def wanted(variant: str, args) -> bool:
+    """Whether a variant survives ``--drop`` (words that remove every variant naming them)."""
+    return not any(word in variant for word in args.drop)
+
+
 def variants(device: torch.device) -> list[tuple[str, AccelOptions]]:
     """The training options to compare with float32, in order."""
     return [
@@ -88,7 +110,7 @@ def train_rows(stage: str, cfg, device, args) -> list[dict]:
     section = {"train_cam": cfg.cam, "train_affinitynet": cfg.affinitynet, "train_segmentation": cfg.segmentation}[stage]
     section = dataclasses.replace(section, pretrained="")
     size, batch = section.crop_size, min(section.batch_size, args.max_batch or section.batch_size)
-    classes = cfg.data.synth_classes if cfg.data.kind == "synthetic" else 20
+    classes = num_classes(cfg)
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(batch, 3, size, size, generator=gen)
     if stage == "train_cam":
@@ -110,6 +132,8 @@ def train_rows(stage: str, cfg, device, args) -> list[dict]:
         x, target = x.pin_memory(), target.pin_memory()
     rows = []
     for name, opts in variants(device):
+        if not wanted(name, args):
+            continue
         torch.manual_seed(0)
         model = build().to(device).train()
         if opts.channels_last:
@@ -141,7 +165,7 @@ def train_rows(stage: str, cfg, device, args) -> list[dict]:
 
 def test_images(cfg, args, count: int) -> torch.Tensor:
     """(count, 3, H, W) normalised random images of one typical size."""
-    h, w = (cfg.data.synth_size,) * 2 if cfg.data.kind == "synthetic" else args.image_size
+    h, w = image_size(cfg, args)
     return torch.randn(count, 3, h, w, generator=torch.Generator().manual_seed(1))
 
 
@@ -152,7 +176,7 @@ def release_cam(model, image: torch.Tensor, scales, flip: bool) -> torch.Tensor:
 
 def make_cam_rows(cfg, device, args) -> list[dict]:
     section = dataclasses.replace(cfg.cam, pretrained="")
-    classes = cfg.data.synth_classes if cfg.data.kind == "synthetic" else 20
+    classes = num_classes(cfg)
     torch.manual_seed(0)
     model = build_classifier(section, classes).to(device).eval()
     n = args.batch_images
@@ -161,18 +185,21 @@ def make_cam_rows(cfg, device, args) -> list[dict]:
     size = f"{images.shape[-1]}x{images.shape[-2]}"
     rows = []
 
-    def per_image(net, batched):
-        return lambda: [multiscale_cam(net, images[i], scales, flip, batched=batched) for i in range(n)]
+    def one_image(net, batched):
+        return lambda: multiscale_cam(net, images[0], scales, flip, batched=batched)
 
-    cases = [("release: 1 image, 1 scale, 1 view per forward (baseline)", per_image(model, False)),
-             ("flip batched per scale (cam.batch_scales)", per_image(model, True)),
-             (f"+ {n} images per batch (runtime.batch_images={n})", lambda: multiscale_cam(model, images, scales, flip))]
+    cases = [("release: 1 image, 1 scale, 1 view per forward (baseline)", one_image(model, False), 1),
+             ("flip batched per scale (cam.batch_scales)", one_image(model, True), 1),
+             (f"+ {n} images per batch (runtime.batch_images={n})",
+              lambda: multiscale_cam(model, images, scales, flip), n)]
     for name, opts in (("+ amp", AccelOptions(amp=True)), ("+ channels_last", AccelOptions(channels_last=True))):
+        if not wanted(name, args):
+            continue
         net = opts.for_inference(build_classifier(section, classes).to(device).eval(), device)
-        cases.append((f"{n} images per batch {name}", lambda net=net: multiscale_cam(net, images, scales, flip)))
-    for name, fn in cases:
+        cases.append((f"{n} images per batch {name}", lambda net=net: multiscale_cam(net, images, scales, flip), n))
+    for name, fn, count in cases:
         seconds = timed(fn, device, args.repeats)
-        rows.append({"variant": name, "images_per_s": n / seconds, "batch": n, "size": size})
+        rows.append({"variant": name, "images_per_s": count / seconds, "batch": count, "size": size})
     return rows
 
 
@@ -183,7 +210,7 @@ def crf_rows(cfg, device, args) -> list[dict]:
     if not cfg.affinity_labels.crf:
         return [{"variant": "CRF off in this preset", "images_per_s": float("nan")}]
     c = cfg.affinity_labels
-    h, w = (cfg.data.synth_size,) * 2 if cfg.data.kind == "synthetic" else args.image_size
+    h, w = image_size(cfg, args)
     rng = np.random.default_rng(0)
     image = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
     scores = rng.random((WALK_CHANNELS, h, w), dtype=np.float32)
@@ -228,14 +255,15 @@ def random_walk_rows(cfg, device, args) -> list[dict]:
 
     model = build_affinitynet(section).to(device).eval()
     amp = AccelOptions(amp=True, channels_last=True).for_inference(build_affinitynet(section).to(device).eval(), device)
-    auto = "stencil (Numba)" if device.type == "cpu" and propagate_with_affinity.__module__ and \
-        __import__("affinitynet.ops.walk_stencil", fromlist=["available"]).available() else "sparse"
+    auto = "stencil (Numba)" if walk_method("auto", device, WALK_CHANNELS) == "stencil" else "sparse CSR"
     cases = [("release: dense walk (baseline)", stage(model, "dense"), args.repeats),
              ("sparse CSR walk", stage(model, "sparse"), args.repeats),
              (f"walk method=auto: {auto}", stage(model, "auto"), args.repeats),
              ("method=auto + amp + channels_last network", stage(amp, "auto"), args.repeats)]
     rows = []
     for name, fn, repeats in cases:
+        if not wanted(name, args):
+            continue
         seconds = timed(fn, device, repeats)
         rows.append({"variant": name, "images_per_s": 1 / seconds, "batch": 1, "size": f"{w}x{h}",
                      "note": f"grid {gw}x{gh}, {WALK_CHANNELS} channels"})
@@ -244,7 +272,7 @@ def random_walk_rows(cfg, device, args) -> list[dict]:
 
 def segment_rows(cfg, device, args) -> list[dict]:
     s = dataclasses.replace(cfg.segmentation, pretrained="")
-    classes = cfg.data.synth_classes if cfg.data.kind == "synthetic" else 20
+    classes = num_classes(cfg)
     torch.manual_seed(0)
     image = test_images(cfg, args, 1)[0].to(device)
     scales, flip = s.test_scales, s.test_flip
@@ -277,6 +305,8 @@ def segment_rows(cfg, device, args) -> list[dict]:
              ("flip batched + amp + channels_last", ours(fast))]
     rows = []
     for name, fn in cases:
+        if not wanted(name, args):
+            continue
         seconds = timed(fn, device, args.repeats)
         rows.append({"variant": name, "images_per_s": 1 / seconds, "batch": 1,
                      "size": f"{image.shape[-1]}x{image.shape[-2]}",
@@ -307,6 +337,8 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=1, help="untimed runs before each timing")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     parser.add_argument("--only", nargs="+", choices=STAGES, default=list(STAGES))
+    parser.add_argument("--drop", nargs="+", default=[], metavar="WORD",
+                        help="skip the variants whose name contains WORD (e.g. amp: bfloat16 on a CPU without AMX)")
     parser.add_argument("--json", default="", help="also write the rows to this JSON file")
     args = parser.parse_args()
     if args.threads:

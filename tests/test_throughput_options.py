@@ -332,3 +332,30 @@ def test_same_size_batches_group_upcoming_images_of_one_size(tmp_path):
             work(name)
     assert groups == [["a", "b"], ["c", "e"], ["f", "g"]]
     assert work.loaded == {}  # nothing left in memory
+
+
+def test_make_cam_writes_the_same_files_with_batched_images(tmp_path):
+    """The real stage through the CLI: runtime.batch_images=4 and 1 give identical CAM files; amp stays close."""
+    pytest.importorskip("affinitynet.stages.cam_sources")
+    from affinitynet.cli import main
+    from affinitynet.models import Classifier, TinyNet
+
+    torch.manual_seed(0)
+    torch.save(Classifier(TinyNet(), 5).state_dict(), tmp_path / "given.pth")
+
+    def make_cam(out, *sets):
+        args = ["run", "synthetic_cpu", "--out", str(tmp_path / out), "--to", "make_cam"]
+        for s in (f"data.root={tmp_path / 'synth'}", "data.synthetic.train=6", "data.synthetic.val=1",
+                  "data.synthetic.size=48", "runtime.progress=false", "cam.overlays=0",
+                  f"cam.checkpoint={tmp_path / 'given.pth'}", *sets):
+            args += ["--set", s]
+        assert main(args) == 0
+        return {p.name: np.load(p) for p in sorted((tmp_path / out / "cam").glob("*.npz"))}
+
+    one, four = make_cam("one"), make_cam("four", "runtime.batch_images=4")
+    amp = make_cam("amp", "runtime.amp=true", "runtime.channels_last=true")
+    assert len(one) == 6 and one.keys() == four.keys() == amp.keys()
+    for name in one:
+        assert np.array_equal(one[name]["keys"], four[name]["keys"])
+        assert np.array_equal(one[name]["cams"], four[name]["cams"])
+        assert np.abs(one[name]["cams"].astype(np.float32) - amp[name]["cams"]).max() < 0.05  # maps in [0, 1]

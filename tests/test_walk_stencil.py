@@ -103,7 +103,8 @@ def test_stencil_does_not_modify_inputs_and_handles_empty_stacks():
 def test_method_selection():
     assert walk_method("sparse", torch.device("cpu")) == "sparse"
     assert walk_method("auto", torch.device("cuda")) == "sparse"  # the stencil kernel is CPU-only
-    assert walk_method("auto", torch.device("cpu")) == ("stencil" if walk_stencil.available() else "sparse")
+    assert walk_method("auto", torch.device("cpu"), 4) == ("stencil" if walk_stencil.available() else "sparse")
+    assert walk_method("auto", torch.device("cpu"), 21) == "sparse"  # as fast for many channels (bench_randomwalk)
     with pytest.raises(ValueError, match="valid: auto, sparse, stencil"):
         walk_method("dense", torch.device("cpu"))
 

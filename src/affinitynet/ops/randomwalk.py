@@ -19,6 +19,7 @@ from affinitynet.ops.walk_stencil import available as stencil_available
 from affinitynet.ops.walk_stencil import propagate_stencil
 
 WALK_METHODS = ("auto", "sparse", "stencil")
+STENCIL_MAX_CHANNELS = 8  # auto: beyond this the sparse product, which reads its matrix once for all channels, is as fast
 
 
 def transition_weights(
@@ -60,12 +61,13 @@ def transition_weights(
         )
 
 
-def walk_method(method: str, device: torch.device) -> str:
-    """The walk implementation ``method`` (auto | sparse | stencil) resolves to on ``device``."""
+def walk_method(method: str, device: torch.device, channels: int = 1) -> str:
+    """The walk implementation ``method`` (auto | sparse | stencil) resolves to for ``channels`` maps on ``device``."""
     if method not in WALK_METHODS:
         raise ValueError(f"unknown walk method {method!r} (valid: {', '.join(WALK_METHODS)})")
     if method == "auto":
-        return "stencil" if torch.device(device).type == "cpu" and stencil_available() else "sparse"
+        cpu = torch.device(device).type == "cpu"
+        return "stencil" if cpu and channels <= STENCIL_MAX_CHANNELS and stencil_available() else "sparse"
     return method
 
 
@@ -84,7 +86,8 @@ def propagate_with_affinity(
     """Random walk of cam (B, K, h, w) with pair affinities aff (B, P) of pair_indices(h, w, radius) -> (B, K, h, w).
 
     ``method``: ``sparse`` (CSR products, any device), ``stencil`` (the compiled CPU kernel of
-    ``ops.walk_stencil``), or ``auto``: the stencil for CPU tensors when Numba is installed, else sparse.
+    ``ops.walk_stencil``), or ``auto``: the stencil for CPU tensors of up to 8 channels (background and the
+    image's classes) when Numba is installed, else sparse.
     """
     if cam.dim() != 4 or cam.shape[2:] != (h, w):
         raise ValueError(f"cam must be (B, K, {h}, {w}), got shape {tuple(cam.shape)}")
@@ -97,7 +100,7 @@ def propagate_with_affinity(
         aff = aff.unsqueeze(0)
     if aff.shape != (b, idx_from.numel()):
         raise ValueError(f"aff must be ({b}, {idx_from.numel()}) for this grid and radius, got {tuple(aff.shape)}")
-    method = walk_method(method, cam.device)
+    method = walk_method(method, cam.device, k)
     with torch.no_grad():
         if method == "stencil":
             return propagate_stencil(cam, aff, idx_from, idx_to, beta, 2**logt)
