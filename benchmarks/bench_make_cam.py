@@ -19,7 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from affinitynet.ops.cam import multiscale_cam, normalize_cams, normalize_image
+from affinitynet.conventions import normalize_image
+from affinitynet.ops.cam import multiscale_cam, normalize_cams
 
 SCALES = (1.0, 0.5, 1.5, 2.0)
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)

@@ -1,7 +1,7 @@
 import pytest
 
 from affinitynet import config
-from affinitynet.cli import resolve_config_path
+from affinitynet.config import resolve_config_path
 from affinitynet.errors import ConfigError
 
 
@@ -70,3 +70,19 @@ def test_subset_hash_ignores_other_sections_and_excluded_keys():
     b.cam.scales = [1.0]
     assert config.subset_hash(a, ("cam",), ("cam.scales",)) == config.subset_hash(b, ("cam",), ("cam.scales",))
     assert config.subset_hash(a, ("cam.scales",)) != config.subset_hash(b, ("cam.scales",))
+
+
+def test_dataset_kinds_own_their_keys():
+    cfg = config.apply_overrides(config.Config(), ["data.voc.mask_dir=SegmentationClassAug", "data.synthetic.size=96"])
+    assert cfg.data.voc.mask_dir == "SegmentationClassAug" and cfg.data.synthetic.size == 96
+    d = config.from_dict({"data": {"kind": "folder", "folder": {"csv": "{split}.csv", "image_dir": "imgs"}}})
+    assert (d.data.folder.csv, d.data.folder.image_dir, d.data.folder.mask_dir) == ("{split}.csv", "imgs",
+                                                                                   "SegmentationClass")
+    assert config.from_dict(config.Config().to_dict()) == config.Config()  # what dump writes, load reads
+    with pytest.raises(config.ConfigError, match="unknown key 'data.voc.mask' .valid keys of data.voc: mask_dir, "
+                                                 "labels_from."):
+        config.apply_overrides(config.Config(), ["data.voc.mask=x"])
+    with pytest.raises(config.ConfigError, match="unknown key 'data.synth_train'"):
+        config.apply_overrides(config.Config(), ["data.synth_train=3"])
+    with pytest.raises(config.ConfigError, match="expected one of auto, xml, masks"):
+        config.apply_overrides(config.Config(), ["data.voc.labels_from=csv"])

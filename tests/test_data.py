@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from affinitynet.config import DataConfig
+from affinitynet.config import DataConfig, FolderOptions, VocOptions
 from affinitynet.data import (VOC_CLASSES, COCODataset, FolderDataset, SegDataset, VOCDataset, build_dataset)
 from affinitynet.errors import AffinityNetError, ConfigError, DataError
 from affinitynet.io import save_label_png
@@ -212,7 +212,8 @@ def test_voc_empty_tag_list(voc):
 
 
 def test_build_dataset_kinds_and_unknown_kind(voc, tmp_path):
-    ds = build_dataset(DataConfig(kind="voc", root=str(tmp_path), mask_dir="SegmentationClassAug"), "val")
+    ds = build_dataset(DataConfig(kind="voc", root=str(tmp_path), voc=VocOptions(mask_dir="SegmentationClassAug")),
+                       "val")
     assert isinstance(ds, VOCDataset) and ds.names == ["2008_000001"]
     np.testing.assert_array_equal(ds.load_mask("2008_000001"), mask_with([12]))
     with pytest.raises(ConfigError) as e:
@@ -327,7 +328,8 @@ def make_folder(root):
 
 def test_folder_csv_both_separators_and_classes_from_all_splits(tmp_path):
     make_folder(tmp_path)
-    cfg = DataConfig(kind="folder", root=str(tmp_path), csv="{split}.csv", image_dir="imgs", mask_dir="masks")
+    cfg = DataConfig(kind="folder", root=str(tmp_path),
+                     folder=FolderOptions(csv="{split}.csv", image_dir="imgs", mask_dir="masks"))
     ds = build_dataset(cfg, "train")
     assert isinstance(ds, FolderDataset)
     assert ds.classes == ["bird", "cat", "dog"]  # "bird" only occurs in val.csv

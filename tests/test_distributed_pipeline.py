@@ -18,11 +18,11 @@ from affinitynet import dist
 from affinitynet.data import build_dataset
 from affinitynet.engine import DUMP_ENV
 from affinitynet.config import load
-from affinitynet.cli import resolve_config_path
-from affinitynet.pipeline import STAGE_NAMES
+from affinitynet.config import resolve_config_path
+from affinitynet.stages import STAGE_NAMES
 
 TINY = [
-    "data.synth_train=16", "data.synth_val=6", "data.synth_size=64",
+    "data.synthetic.train=16", "data.synthetic.val=6", "data.synthetic.size=64",
     "cam.epochs=1", "affinitynet.epochs=1", "segmentation.epochs=1",
     "cam.batch_size=4", "affinitynet.batch_size=4", "segmentation.batch_size=4",
     "cam.crop_size=64", "affinitynet.crop_size=64", "segmentation.crop_size=64",
@@ -34,8 +34,8 @@ TINY = [
 LAUNCH_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "GROUP_RANK", "ROLE_RANK",
                "MASTER_ADDR", "MASTER_PORT", "TORCHELASTIC_RUN_ID", DUMP_ENV)
 PER_IMAGE = {"cam": (".npz", "train"), "affinity_labels": (".png", "train"),
-             "pseudo_labels": (".png", "train"), "predictions": (".png", "val")}
-NETWORKS = {"classifier": "train_cam", "affinitynet": "train_affinitynet", "segmentation": "train_segmentation"}
+             "random_walk": (".png", "train"), "segmentation": (".png", "val")}
+NETWORKS = {"classifier": "train_cam", "affinitynet": "train_affinitynet", "deeplab": "train_segmentation"}
 
 
 def _settings(data_root: Path) -> list[str]:
@@ -105,8 +105,8 @@ def test_two_processes_write_the_same_files_as_one(runs):
 
 def test_every_image_has_exactly_one_output_made_by_one_rank(runs):
     m = _manifest(runs["run2"])
-    stage_of = {"cam": "make_cam", "affinity_labels": "make_affinity_labels", "pseudo_labels": "random_walk",
-                "predictions": "segment"}
+    stage_of = {"cam": "make_cam", "affinity_labels": "make_affinity_labels", "random_walk": "random_walk",
+                "segmentation": "segment"}
     for folder, (suffix, split) in PER_IMAGE.items():
         names = runs["names"][split]
         made = sorted(p.stem for p in (runs["run2"] / folder).glob(f"*{suffix}"))
@@ -151,9 +151,9 @@ def test_rerun_after_a_crash_skips_finished_stages_and_resumes_the_shards(runs):
     run2 = runs["run2"]
     names = sorted(runs["names"]["train"])
     lost = [names[0], names[1], names[5]]  # both ranks' shards lose images
-    before = {n: (run2 / "pseudo_labels" / f"{n}.png").read_bytes() for n in lost}
+    before = {n: (run2 / "random_walk" / f"{n}.png").read_bytes() for n in lost}
     for n in lost:
-        (run2 / "pseudo_labels" / f"{n}.png").unlink()
+        (run2 / "random_walk" / f"{n}.png").unlink()
     manifest = json.loads((run2 / "manifest.json").read_text())
     rec = manifest["stages"]["random_walk"]
     manifest["stages"]["random_walk"] = {"status": "running", "key": rec["key"], "started": rec["started"]}
@@ -168,7 +168,7 @@ def test_rerun_after_a_crash_skips_finished_stages_and_resumes_the_shards(runs):
     for stage in ("train_cam", "make_cam", "make_affinity_labels", "train_affinitynet"):
         assert f"[{stage}] finished earlier with the same inputs: skipped" in out
     for n in lost:  # the same network and CAMs give the same labels
-        assert (run2 / "pseudo_labels" / f"{n}.png").read_bytes() == before[n]
+        assert (run2 / "random_walk" / f"{n}.png").read_bytes() == before[n]
     assert [p for p in run2.rglob("*") if ".tmp" in p.name] == []
 
 

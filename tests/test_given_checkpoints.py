@@ -13,7 +13,8 @@ from affinitynet.cli import main
 from affinitynet.errors import StageError
 from affinitynet.io import save_label_png
 from affinitynet.models import AffinityNet, Classifier, ResNet38, TinyNet, read_state_dict
-from affinitynet.runs import StageContext, load_manifest
+from affinitynet.context import StageContext
+from affinitynet.runner import load_manifest
 from affinitynet.stages.common import save_cam, scoring_set
 from affinitynet.stages.make_cam import evaluate_cams
 
@@ -72,8 +73,8 @@ def test_legacy_format_state_dict_reads(tmp_path):
 
 def _run(tmp_path, out, *sets):
     return main(["run", "synthetic_cpu", "--out", str(out), "--to", "make_cam",
-                 "--set", f"data.root={tmp_path / 'synth'}", "--set", "data.synth_train=4", "--set", "data.synth_val=2",
-                 "--set", "data.synth_size=48", "--set", "runtime.progress=false", "--set", "cam.overlays=0",
+                 "--set", f"data.root={tmp_path / 'synth'}", "--set", "data.synthetic.train=4", "--set", "data.synthetic.val=2",
+                 "--set", "data.synthetic.size=48", "--set", "runtime.progress=false", "--set", "cam.overlays=0",
                  "--set", "cam.scales=[1.0]", *sum((["--set", s] for s in sets), [])])
 
 
@@ -119,7 +120,7 @@ def test_release_checkpoints_run_the_resnet38_preset_to_the_walk(tmp_path):
     save_legacy(release_names(aff.state_dict()), tmp_path / "res38_aff.pth")
     out = tmp_path / "run"
     code = main(["run", "voc12_resnet38", "--out", str(out), "--to", "random_walk",
-                 "--set", f"data.root={root}", "--set", "data.mask_dir=SegmentationClass",
+                 "--set", f"data.root={root}", "--set", "data.voc.mask_dir=SegmentationClass",
                  "--set", f"cam.checkpoint={tmp_path / 'res38_cls.pth'}",
                  "--set", f"affinitynet.checkpoint={tmp_path / 'res38_aff.pth'}",
                  "--set", "cam.scales=[1.0, 0.5]", "--set", "runtime.device=cpu", "--set", "runtime.num_workers=0",
@@ -127,10 +128,11 @@ def test_release_checkpoints_run_the_resnet38_preset_to_the_walk(tmp_path):
     assert code == 0
     manifest = load_manifest(out)
     assert "make_affinity_labels" not in manifest and not (out / "affinity_labels").exists()
-    assert sorted(p.stem for p in (out / "pseudo_labels").glob("*.png")) == sorted(names)
+    assert sorted(p.stem for p in (out / "random_walk").glob("*.png")) == sorted(names)
     # the CAM of the first image, computed from the definition with the same weights
     img = np.asarray(Image.open(root / "JPEGImages" / f"{names[0]}.jpg").convert("RGB"))
-    from affinitynet.ops.cam import normalize_image, scaled_images
+    from affinitynet.conventions import normalize_image
+    from affinitynet.ops.cam import scaled_images
 
     views = scaled_images(img, (1.0, 0.5), cls.backbone.mean, cls.backbone.std, "bicubic")
     total = 0
@@ -148,7 +150,7 @@ def test_release_checkpoints_run_the_resnet38_preset_to_the_walk(tmp_path):
     assert (got - expected).abs().max() < 5e-4  # float16 storage
     assert normalize_image(img, cls.backbone.mean, cls.backbone.std).shape[-2:] == img.shape[:2]
     # pseudo labels scored on train (2 images) while the stages ran on train_aug (3)
-    assert json.loads((out / "pseudo_labels" / "metrics.json").read_text())["images"] == 2
+    assert json.loads((out / "random_walk" / "metrics.json").read_text())["images"] == 2
 
 
 def _ctx(tmp_path, root, **eval_keys):
@@ -167,7 +169,7 @@ def test_cam_headline_is_the_fixed_threshold_and_the_split_can_differ(tmp_path):
     for i, name in enumerate(names):
         gt = ctx.train_set.load_mask(name)
         cam = (gt > 0).astype(np.float32) * 0.3  # an object scored 0.3: wins at threshold 0.2, loses at 0.35
-        save_cam(ctx.run_dir / "cam" / f"{name}.npz", torch.tensor([int(gt.max())]), torch.from_numpy(cam)[None])
+        save_cam(ctx.layout.cam(name), torch.tensor([int(gt.max())]), torch.from_numpy(cam)[None])
     ctx.cfg.eval.cam_sweep = [0.1, 0.35]
     result = evaluate_cams(ctx)
     assert result["threshold"] == 0.2 and result["images"] == 2

@@ -10,11 +10,13 @@ import torch.nn.functional as F
 from PIL import Image
 
 from affinitynet import config
-from affinitynet.cli import resolve_config_path
-from affinitynet.data.transforms import IMAGENET_MEAN, IMAGENET_STD, TrainTransform, random_resize_long, shift_hue
+from affinitynet.config import resolve_config_path
+from affinitynet.conventions import IMAGENET_MEAN, IMAGENET_STD
+from affinitynet.data.transforms import TrainTransform, random_resize_long, shift_hue
 from affinitynet.engine import PolyLR, param_groups_sgd
 from affinitynet.ops.affinity import affinity_loss, pair_affinity
-from affinitynet.ops.cam import multiscale_cam, normalize_image, scaled_images
+from affinitynet.conventions import normalize_image
+from affinitynet.ops.cam import multiscale_cam, scaled_images
 from affinitynet.ops.confident import grid_labels_from_scores, labels_from_scores
 from affinitynet.ops.pairs import pair_indices, pair_labels, reference_subset
 from affinitynet.stages.train_affinitynet import affinity_batch_loss

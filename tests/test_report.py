@@ -14,8 +14,9 @@ from PIL import Image
 from affinitynet import config
 from affinitynet.data.synthetic import generate
 from affinitynet.io import load_label_png, save_label_png, write_json
-from affinitynet.report import (Series, nice_ticks, png_data_uri, read_history, render_report, svg_bar_chart,
-                                svg_line_chart, write_report)
+from affinitynet.report import render_report, write_report
+from affinitynet.report.charts import Series, nice_ticks, png_data_uri, svg_bar_chart, svg_line_chart
+from affinitynet.report.sections import read_history
 from affinitynet.stages.common import save_cam
 from affinitynet.visualize import confident_colours, label_colours, thumbnail
 
@@ -58,7 +59,8 @@ def _cfg(root, images=3):
     cfg = config.Config()
     cfg.data.kind = "synthetic"
     cfg.data.root = str(root)
-    cfg.data.synth_train, cfg.data.synth_val, cfg.data.synth_size, cfg.data.synth_classes = N_TRAIN, 2, 64, 3
+    syn = cfg.data.synthetic
+    syn.train, syn.val, syn.size, syn.classes = N_TRAIN, 2, 64, 3
     cfg.segmentation.backbone = "tiny"
     cfg.eval.report_images = images
     return cfg
@@ -74,7 +76,7 @@ def make_run(run, cfg, *, skip_first_pseudo=False):
         for i, (n, s) in enumerate(STAGE_SECONDS.items())}})
     _history(run / "classifier" / "history.jsonl", ["loss"])
     _history(run / "affinitynet" / "history.jsonl", ["loss", "bg_loss", "fg_loss", "neg_loss", "bg_count"])
-    _history(run / "segmentation" / "history.jsonl", ["loss"])
+    _history(run / "deeplab" / "history.jsonl", ["loss"])
     ds = build_dataset(cfg.data, "train")
     rng = np.random.default_rng(0)
     for i, name in enumerate(ds.names):
@@ -84,7 +86,7 @@ def make_run(run, cfg, *, skip_first_pseudo=False):
         aff = rng.choice(np.array([0, 1, 3, 255], np.uint8), size=(h, w))
         save_label_png(run / "affinity_labels" / f"{name}.png", aff)
         if not (skip_first_pseudo and i == 0):
-            save_label_png(run / "pseudo_labels" / f"{name}.png", rng.integers(0, 4, (h, w), dtype=np.uint8))
+            save_label_png(run / "random_walk" / f"{name}.png", rng.integers(0, 4, (h, w), dtype=np.uint8))
     return ds
 
 
@@ -114,12 +116,13 @@ def test_report_of_a_full_run(tmp_path, data_root):
     assert path == run / "report.html" and path.is_file()
     page = path.read_text(encoding="utf-8")
     # numbers from metrics.json, one decimal, as the demo table prints them
-    for v in ("91.2", "47.9", "45.1", "88.4", "96.2", "37.7", "83.2", "58.1", "61.7",  # stage table
+    assert ">88.4 / 96.2, 37.7<" in page  # confident regions: fg / bg precision, ignored
+    for v in ("91.2", "47.9", "45.1", "83.2", "58.1", "61.7",  # stage table
               "71.2", "40.5", "31.8", "55.5", "44.4", "52.5", "82.0", "54.8"):  # per-class IoU
         assert f">{v}<" in page, v
     assert "bg threshold 0.2" in page and "threshold 0.15, chosen on these images" in page
     assert "1 min 18 s" in page  # total of the manifest's stage times (78.75 s)
-    assert "32.0 s" in page  # segmentation = train_segmentation + segment
+    assert "30.0 s" in page and "2.0 s" in page  # the segmentation network's training, then segment
     # self-contained: no network reference, no script
     assert "http" not in page and "<script" not in page and "src=\"data:image/png;base64," in page
     # N image rows with one data-URI image per column; no checkpoint -> no prediction column
@@ -127,8 +130,8 @@ def test_report_of_a_full_run(tmp_path, data_root):
     assert [r[0] for r in rows] == ds.names[:3]
     for _, cells in rows:
         assert cells.count('src="data:image/png;base64,') == 5  # image, CAM, confident, random walk, GT
-    assert 'data-col="prediction"' not in page and "segmentation/final.pt not found" in page
-    for col in ("image", "cam", "confident", "random_walk", "gt"):
+    assert 'data-col="segment"' not in page and "segmentation/ not found (segment has not run)" in page
+    for col in ("image", "make_cam", "make_affinity_labels", "random_walk", "gt"):
         assert f'<th data-col="{col}">' in page
     # charts: mIoU bars for the three scored stages, loss curves with the affinity terms, the CAM sweep
     assert len(re.findall(r'<rect class="bar"', page)) == 3
@@ -144,11 +147,11 @@ def test_image_cells_show_the_run_files(tmp_path, data_root):
     page = render_report(run, cfg)
     name = ds.names[1]
     conf = load_label_png(run / "affinity_labels" / f"{name}.png")
-    got = _cells(page, "confident")[name]
+    got = _cells(page, "make_affinity_labels")[name]
     assert np.array_equal(got, thumbnail(confident_colours(conf), 160, nearest=True))
     ignored = thumbnail((conf == 255).astype(np.uint8)[..., None].repeat(3, -1), 160, nearest=True)[..., 0] > 0
     assert ignored.any() and np.all(got[ignored] == 232)  # ignored pixels drawn light grey
-    pseudo = load_label_png(run / "pseudo_labels" / f"{name}.png")
+    pseudo = load_label_png(run / "random_walk" / f"{name}.png")
     assert np.array_equal(_cells(page, "random_walk")[name], thumbnail(label_colours(pseudo), 160, nearest=True))
     assert np.array_equal(_cells(page, "gt")[name], thumbnail(label_colours(ds.load_mask(name)), 160, nearest=True))
     assert _cells(page, "image")[name].shape == (160, 160, 3)
@@ -163,22 +166,33 @@ def test_images_skip_those_without_all_files(tmp_path, data_root):
     assert names == ds.names[1:]  # the first has no pseudo label; fewer images than asked is fine
 
 
-def test_prediction_column_with_a_checkpoint(tmp_path, data_root):
-    from affinitynet.engine import save_checkpoint
-    from affinitynet.models import build_deeplab
-    from affinitynet.stages.segment import predict_label
-
+def test_prediction_column_shows_the_segment_stages_previews(tmp_path, data_root):
     cfg = _cfg(data_root, images=1)
     run = tmp_path / "run"
     ds = make_run(run, cfg)
-    torch.manual_seed(0)
-    net = build_deeplab(cfg.segmentation, ds.num_classes + 1).eval()
-    save_checkpoint(run / "segmentation" / "final.pt", model=net, config=cfg.to_dict())
-    page = render_report(run, cfg)
-    assert '<th data-col="prediction">' in page and "final.pt not found" not in page
     name = ds.names[0]
-    expect = predict_label(net, ds.load_image(name), torch.device("cpu"))
-    assert np.array_equal(_cells(page, "prediction")[name], thumbnail(label_colours(expect), 160, nearest=True))
+    h, w = ds.image_size(name)
+    preview = np.random.default_rng(3).integers(0, 4, (h, w), dtype=np.uint8)
+    save_label_png(run / "segmentation" / "preview" / f"{name}.png", preview)
+    page = render_report(run, cfg)
+    assert '<th data-col="segment">' in page
+    assert np.array_equal(_cells(page, "segment")[name], thumbnail(label_colours(preview), 160, nearest=True))
+
+
+def test_the_report_runs_no_network(tmp_path, data_root):
+    """Rendering imports no model code: it only reads what the stages wrote."""
+    import subprocess
+    import sys
+
+    cfg = _cfg(data_root, images=2)
+    run = tmp_path / "run"
+    make_run(run, cfg)
+    (tmp_path / "cfg.yaml").write_text(config.dump(cfg))
+    code = ("import sys; from affinitynet import config; from affinitynet.report import render_report; "
+            f"render_report({str(run)!r}, config.load({str(tmp_path / 'cfg.yaml')!r})); "
+            "print(sorted(m for m in sys.modules if m.startswith(('affinitynet.models', 'affinitynet.stages'))))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
 
 
 def test_missing_stages_are_left_out(tmp_path, data_root):
@@ -191,13 +205,13 @@ def test_missing_stages_are_left_out(tmp_path, data_root):
     for n in ("train_affinitynet", "random_walk", "train_segmentation", "segment"):
         del manifest["stages"][n]
     write_json(run / "manifest.json", manifest)
-    shutil.rmtree(run / "pseudo_labels")
-    for d in ("affinitynet", "segmentation"):
+    shutil.rmtree(run / "random_walk")
+    for d in ("affinitynet", "deeplab"):
         shutil.rmtree(run / d)
     page = write_report(run, cfg).read_text(encoding="utf-8")
     assert ">58.1<" not in page and ">61.7<" not in page and ">83.2<" not in page
     assert ">47.9<" in page and "Not run: train_affinitynet, random_walk, train_segmentation, segment" in page
-    assert 'data-col="random_walk"' not in page and "pseudo_labels/ not found" in page
+    assert 'data-col="random_walk"' not in page and "random_walk/ not found" in page
     assert "No training history for: AffinityNet, segmentation network" in page
     assert len(re.findall(r'<rect class="bar"', page)) == 1
     assert len(re.findall(r'<tr class="sample"', page)) == 2

@@ -3,9 +3,12 @@ import json
 
 import pytest
 
-from affinitynet import config, runs
+import dataclasses
+
+from affinitynet import config, runner
+from affinitynet.context import StageContext
 from affinitynet.errors import StageError
-from affinitynet.pipeline import STAGES, STAGE_NAMES
+from affinitynet.stages import STAGES, STAGE_NAMES
 
 
 @pytest.fixture
@@ -27,8 +30,7 @@ def fake_stages(monkeypatch):
             return {"value": 1.0}
         return run
 
-    funcs = {s.name: make(s) for s in STAGES}
-    monkeypatch.setattr(runs, "_load_stage", lambda name: funcs[name])
+    monkeypatch.setattr(runner, "STAGES", tuple(dataclasses.replace(s, run=make(s)) for s in STAGES))
     return calls
 
 
@@ -42,11 +44,11 @@ def _cfg(tmp_path):
 
 def test_rerun_skips_everything(tmp_path, fake_stages):
     cfg = _cfg(tmp_path)
-    res = runs.run_pipeline(cfg, tmp_path / "run", verbose=False)
+    res = runner.run_pipeline(cfg, tmp_path / "run", verbose=False)
     assert [r.status for r in res] == ["done"] * len(STAGES)
     assert fake_stages == list(STAGE_NAMES)
     fake_stages.clear()
-    res = runs.run_pipeline(cfg, tmp_path / "run", verbose=False)
+    res = runner.run_pipeline(cfg, tmp_path / "run", verbose=False)
     assert fake_stages == [] and all(r.status == "skipped" for r in res)
     assert (tmp_path / "run" / "config.yaml").exists()
     manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())["stages"]
@@ -56,11 +58,11 @@ def test_rerun_skips_everything(tmp_path, fake_stages):
 def test_deleted_output_redoes_that_stage_and_the_ones_after(tmp_path, fake_stages):
     cfg = _cfg(tmp_path)
     run = tmp_path / "run"
-    runs.run_pipeline(cfg, run, verbose=False)
+    runner.run_pipeline(cfg, run, verbose=False)
     fake_stages.clear()
     import shutil
-    shutil.rmtree(run / "pseudo_labels")
-    runs.run_pipeline(cfg, run, verbose=False)
+    shutil.rmtree(run / "random_walk")
+    runner.run_pipeline(cfg, run, verbose=False)
     i = STAGE_NAMES.index("random_walk")
     assert fake_stages == list(STAGE_NAMES[i:])
 
@@ -68,38 +70,38 @@ def test_deleted_output_redoes_that_stage_and_the_ones_after(tmp_path, fake_stag
 def test_changed_config_redoes_only_dependent_stages(tmp_path, fake_stages):
     cfg = _cfg(tmp_path)
     run = tmp_path / "run"
-    runs.run_pipeline(cfg, run, verbose=False)
+    runner.run_pipeline(cfg, run, verbose=False)
     fake_stages.clear()
     cfg.segmentation.test_scales = [1.0]  # inference only: the network is not retrained
-    runs.run_pipeline(cfg, run, verbose=False)
+    runner.run_pipeline(cfg, run, verbose=False)
     assert fake_stages == ["segment", "evaluate"]
     fake_stages.clear()
     cfg.runtime.num_workers = 3  # runtime never invalidates
     cfg.affinity_labels.workers = 7
-    runs.run_pipeline(cfg, run, verbose=False)
+    runner.run_pipeline(cfg, run, verbose=False)
     assert fake_stages == []
 
 
 def test_force_and_from_to(tmp_path, fake_stages):
     cfg = _cfg(tmp_path)
     run = tmp_path / "run"
-    runs.run_pipeline(cfg, run, stop="make_cam", verbose=False)
+    runner.run_pipeline(cfg, run, stop="make_cam", verbose=False)
     assert fake_stages == ["train_cam", "make_cam"]
     fake_stages.clear()
-    runs.run_pipeline(cfg, run, start="make_cam", stop="make_cam", force=["make_cam"], verbose=False)
+    runner.run_pipeline(cfg, run, start="make_cam", stop="make_cam", force=["make_cam"], verbose=False)
     assert fake_stages == ["make_cam"]
 
 
-def test_unbuilt_stage_is_reported_not_faked(tmp_path, monkeypatch, fake_stages):
-    real = runs._load_stage
-    monkeypatch.setattr(runs, "_load_stage", lambda name: None if name == "train_affinitynet" else real(name))
-    res = runs.run_pipeline(_cfg(tmp_path), tmp_path / "run", verbose=False)
-    assert [r.status for r in res][-1] == "not built"
-    assert "random_walk" not in fake_stages
+def test_stage_not_needed_is_skipped_and_reported(tmp_path, fake_stages):
+    cfg = _cfg(tmp_path)
+    cfg.affinitynet.checkpoint = str(tmp_path / "given.pth")
+    res = runner.run_pipeline(cfg, tmp_path / "run", verbose=False)
+    assert {r.name: r.status for r in res}["make_affinity_labels"] == "not needed"
+    assert "make_affinity_labels" not in fake_stages and "train_affinitynet" in fake_stages
 
 
 def test_map_images_resumes_and_reports_missing(tmp_path):
-    ctx = runs.StageContext(cfg=_cfg(tmp_path), run_dir=tmp_path, device=None)
+    ctx = StageContext(cfg=_cfg(tmp_path), run_dir=tmp_path, device=None)
     names = [f"im{i}" for i in range(5)]
     out = lambda n: tmp_path / f"{n}.txt"  # noqa: E731
     out("im1").write_text("old")
@@ -118,6 +120,6 @@ def test_map_images_resumes_and_reports_missing(tmp_path):
 
 
 def test_summary_table_lists_every_stage():
-    res = [runs.StageResult("train_cam", "done", 3.2, {"map": 91.0}), runs.StageResult("make_cam", "skipped")]
-    table = runs.summary_table(res)
+    res = [runner.StageResult("train_cam", "done", 3.2, {"map": 91.0}), runner.StageResult("make_cam", "skipped")]
+    table = runner.summary_table(res)
     assert "train_cam" in table and "map=91.00" in table and "skipped" in table

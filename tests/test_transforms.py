@@ -3,7 +3,8 @@ import numpy as np
 import pytest
 import torch
 
-from affinitynet.data.transforms import (ClassificationSet, LabelMapSet, TrainTransform, color_jitter, normalize,
+from affinitynet.conventions import normalize_image
+from affinitynet.data.transforms import (ClassificationSet, LabelMapSet, TrainTransform, color_jitter,
                                          random_crop, random_hflip, random_resize_long, random_scale)
 
 
@@ -95,7 +96,7 @@ def test_color_jitter():
 def test_normalize_values_and_layout():
     img = np.zeros((2, 3, 3), np.uint8)
     img[0, 1] = (255, 0, 51)
-    x = normalize(img, mean=(0.5, 0.5, 0.0), std=(0.5, 0.25, 0.2))
+    x = normalize_image(img, mean=(0.5, 0.5, 0.0), std=(0.5, 0.25, 0.2)).numpy()
     assert x.shape == (3, 2, 3) and x.dtype == np.float32
     assert x[:, 0, 1] == pytest.approx([1.0, -2.0, 1.0])
     assert x[:, 1, 1] == pytest.approx([-1.0, -2.0, 0.0])

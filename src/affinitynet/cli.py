@@ -12,33 +12,16 @@ from pathlib import Path
 from . import __version__
 from .errors import AffinityNetError
 
-PRESET_DIR = Path(__file__).resolve().parent / "configs"
-
-
-def resolve_config_path(spec: str) -> Path:
-    """A config file path, or the name of a built-in preset (``synthetic_cpu``, ``voc12_resnet38``)."""
-    p = Path(spec)
-    if p.exists():
-        return p
-    preset = PRESET_DIR / (spec if spec.endswith(".yaml") else f"{spec}.yaml")
-    if preset.exists():
-        return preset
-    from .errors import ConfigError
-
-    names = ", ".join(sorted(x.stem for x in PRESET_DIR.glob("*.yaml")))
-    raise ConfigError(f"{spec}: config file not found (built-in presets: {names})")
-
-
 def _load_config(spec: str, overrides):
     from . import config
 
-    return config.load(resolve_config_path(spec), overrides or [])
+    return config.load(config.resolve_config_path(spec), overrides or [])
 
 
 # ----------------------------------------------------------------------------- commands
 
 def cmd_run(args) -> int:
-    from .runs import run_pipeline
+    from .runner import run_pipeline
 
     cfg = _load_config(args.config, args.set)
     results = run_pipeline(cfg, Path(args.out), start=args.start, stop=args.stop, force=args.force or [])
@@ -46,7 +29,7 @@ def cmd_run(args) -> int:
 
 
 def cmd_demo(args) -> int:
-    from .demo import run_demo
+    from .commands.demo import run_demo
 
     run_demo(Path(args.out), overrides=args.set or [])
     return 0
@@ -63,7 +46,7 @@ def cmd_data_synth(args) -> int:
 
 
 def cmd_eval(args) -> int:
-    from .evaluation import evaluate_command
+    from .commands.evaluate import evaluate_command
 
     evaluate_command(pred_dir=Path(args.pred), data=args.data, split=args.split,
                      out=Path(args.out) if args.out else None, overrides=args.set or [])
@@ -71,7 +54,7 @@ def cmd_eval(args) -> int:
 
 
 def cmd_predict(args) -> int:
-    from .stages.segment import predict_images
+    from .commands.predict import predict_images
 
     predict_images(Path(args.checkpoint), [Path(p) for p in args.images], Path(args.out), device=args.device,
                    scales=args.scales, flip=args.flip, crf=args.crf, fmt=args.format,
@@ -80,7 +63,7 @@ def cmd_predict(args) -> int:
 
 
 def cmd_check(args) -> int:
-    from .check import check_command
+    from .commands.check import check_command
 
     return check_command(_load_config(args.config, args.set))
 
@@ -89,7 +72,7 @@ def cmd_check(args) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser with one subcommand per verb."""
-    from .pipeline import STAGE_NAMES
+    from .stages import STAGE_NAMES
 
     p = argparse.ArgumentParser(
         prog="affinitynet",

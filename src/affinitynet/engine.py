@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import random
 import time
 from pathlib import Path
 from typing import Callable
@@ -26,11 +25,11 @@ from tqdm import tqdm
 from .accel import AccelOptions
 from .dist import DistInfo, barrier, derive_seed
 from .errors import DataError, StageError
+from .checkpoints import gather_rng, load_checkpoint, save_checkpoint, set_rng_state, unwrap
 from .io import atomic_path
 
 GROUP_NAMES = ("backbone_weights", "backbone_biases", "new_weights", "new_biases")
 LR_MULTIPLIERS = (1.0, 2.0, 10.0, 20.0)
-CHECKPOINT_FORMAT = 1
 
 
 # ----------------------------------------------------------------------------- optimiser and schedule
@@ -70,86 +69,6 @@ class PolyLR(LRScheduler):
         """Learning rates of all groups at the current iteration."""
         f = self.factor(self.last_epoch)
         return [base * f for base in self.base_lrs]
-
-
-# ----------------------------------------------------------------------------- checkpoints
-
-
-def unwrap(model: nn.Module) -> nn.Module:
-    """The plain module inside a DistributedDataParallel / DataParallel wrapper."""
-    return model.module if isinstance(model, (DistributedDataParallel, nn.DataParallel)) else model
-
-
-def save_checkpoint(path, *, model: nn.Module, optimizer=None, scheduler=None, epoch: int = 0, step: int = 0,
-                    config: dict | None = None, extra: dict | None = None) -> Path:
-    """Write model (unwrapped), optimizer, scheduler, epoch, step, config and extra to ``path`` atomically."""
-    state = {
-        "format": CHECKPOINT_FORMAT,
-        "model": unwrap(model).state_dict(),
-        "optimizer": None if optimizer is None else optimizer.state_dict(),
-        "scheduler": None if scheduler is None else scheduler.state_dict(),
-        "epoch": int(epoch),
-        "step": int(step),
-        "config": dict(config or {}),
-        "extra": dict(extra or {}),
-    }
-    with atomic_path(path) as tmp:
-        with open(tmp, "wb") as f:
-            torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())
-    return Path(path)
-
-
-def load_checkpoint(path, map_location="cpu") -> dict:
-    """Read a checkpoint written by ``save_checkpoint``; a missing, truncated or foreign file raises DataError."""
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(path, "checkpoint not found")
-    try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as e:  # torch raises RuntimeError, EOFError, UnpicklingError... for damaged files
-        first = str(e).strip().splitlines()[0].split(". ")[0] if str(e).strip() else type(e).__name__
-        raise DataError(path, f"cannot read checkpoint, the file is truncated or corrupt ({first})") from None
-    if not isinstance(ckpt, dict) or "model" not in ckpt:
-        raise DataError(path, "not an affinitynet checkpoint (no 'model' entry)")
-    return ckpt
-
-
-# ----------------------------------------------------------------------------- RNG state (for exact resume)
-
-
-def _rng_state() -> dict:
-    name, keys, pos, has_gauss, cached = np.random.get_state()
-    return {
-        "python": random.getstate(),
-        "numpy": {"name": name, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
-                  "has_gauss": int(has_gauss), "cached": float(cached)},
-        "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-    }
-
-
-def _set_rng_state(state: dict) -> None:
-    random.setstate(_as_tuples(state["python"]))
-    n = state["numpy"]
-    np.random.set_state((n["name"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached"]))
-    torch.set_rng_state(state["torch"].cpu())
-    if state["cuda"] and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
-        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
-
-
-def _as_tuples(x):
-    return tuple(_as_tuples(v) for v in x) if isinstance(x, (list, tuple)) else x
-
-
-def _gather_rng(info: DistInfo) -> list:
-    state = _rng_state()
-    if not info.distributed:
-        return [state]
-    out = [None] * info.world_size
-    torch_dist.all_gather_object(out, state)
-    return out
 
 
 # ----------------------------------------------------------------------------- training loop
@@ -333,7 +252,7 @@ def fit(model: nn.Module, loss_fn: Callable, dataset, *, optimizer: torch.optim.
     train_model = _wrap(model, info, device, find_unused_parameters)
     net = accel.wrap(train_model, device)  # what loss_fn calls: autocast and channels-last inputs when asked
     if rng_states:
-        _set_rng_state(rng_states[info.rank] if len(rng_states) == info.world_size else rng_states[0])
+        set_rng_state(rng_states[info.rank] if len(rng_states) == info.world_size else rng_states[0])
 
     t0 = time.time()
     for epoch in range(start_epoch + 1, epochs + 1):
@@ -383,7 +302,7 @@ def fit(model: nn.Module, loss_fn: Callable, dataset, *, optimizer: torch.optim.
         if validate is not None and info.is_main:
             with torch.no_grad():
                 val = validate(unwrap(model)) or {}
-        rng_all = _gather_rng(info)
+        rng_all = gather_rng(info)
         elapsed = time_before + time.time() - t0
         if info.is_main:
             _append_jsonl(history, {"kind": "epoch", "epoch": epoch, "step": step,

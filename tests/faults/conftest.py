@@ -30,7 +30,7 @@ def reference_run(synth_root) -> Path:
     res = python_cli(*run_cmd(run, synth_root))
     assert res.returncode == 0, res.stderr[-3000:]
     assert not temp_files(run)
-    for p in (run / "classifier" / "final.pt", run / "affinitynet" / "final.pt", run / "segmentation" / "final.pt",
+    for p in (run / "classifier" / "final.pt", run / "affinitynet" / "final.pt", run / "deeplab" / "final.pt",
               run / "metrics.json"):
         assert p.is_file(), p
     return run

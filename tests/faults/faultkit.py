@@ -18,7 +18,7 @@ N_TRAIN, N_VAL, SIZE = 32, 8, 64
 
 # Small, fast and deterministic: 1 thread, no DataLoader workers, no process pools, CPU.
 FAST = [
-    f"data.synth_train={N_TRAIN}", f"data.synth_val={N_VAL}", f"data.synth_size={SIZE}", "data.synth_seed=0",
+    f"data.synthetic.train={N_TRAIN}", f"data.synthetic.val={N_VAL}", f"data.synthetic.size={SIZE}", "data.synthetic.seed=0",
     "cam.epochs=2", "affinitynet.epochs=2", "segmentation.epochs=2",
     "cam.batch_size=4", "affinitynet.batch_size=4", "segmentation.batch_size=4",
     "cam.crop_size=64", "affinitynet.crop_size=64", "segmentation.crop_size=64",
@@ -26,7 +26,7 @@ FAST = [
     "cam.scales=[1.0,0.5]", "cam.overlays=0", "segmentation.test_scales=[1.0]",
     "affinity_labels.workers=1", "random_walk.workers=1", "eval.report_images=2",
     "runtime.device=cpu", "runtime.threads=1", "runtime.num_workers=0", "runtime.progress=false",
-    "runtime.seed=0", "data.synth_classes=5",
+    "runtime.seed=0", "data.synthetic.classes=5",
 ]
 
 

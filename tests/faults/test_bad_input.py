@@ -206,7 +206,7 @@ def test_pretrained_file_missing(synth_root, tmp_path, capsys):
 
 def test_predict_with_a_truncated_checkpoint(reference_run, synth_root, tmp_path):
     ckpt = tmp_path / "final.pt"
-    ckpt.write_bytes((reference_run / "segmentation" / "final.pt").read_bytes()[:5000])
+    ckpt.write_bytes((reference_run / "deeplab" / "final.pt").read_bytes()[:5000])
     res = python_cli("predict", "--checkpoint", ckpt, synth_root / "JPEGImages" / "val_00000.jpg",
                      "--out", tmp_path / "pred", "--device", "cpu")
     line = error_line(res.returncode, res.stderr)
@@ -219,14 +219,15 @@ def test_predict_with_a_checkpoint_of_another_network(other, reference_run, synt
     ckpt = reference_run / other / "final.pt"
     rc, _, err = in_process(["predict", "--checkpoint", ckpt, synth_root / "JPEGImages" / "val_00000.jpg",
                              "--out", tmp_path / "pred", "--device", "cpu"], capsys)
-    assert error_line(rc, err) == f"affinitynet: error: {ckpt}: not a DeepLab checkpoint (no 'head.*' weights)"
+    assert error_line(rc, err) == (f"affinitynet: error: {ckpt}: not a segmentation network but a {other} "
+                                   f"checkpoint; predict takes RUN/deeplab/final.pt")
 
 
 def test_truncated_checkpoint_in_the_run(reference_run, synth_root, tmp_path, capsys):
     run = copy_run(reference_run, tmp_path / "run")
     ckpt = run / "affinitynet" / "final.pt"
     ckpt.write_bytes(ckpt.read_bytes()[:3000])
-    shutil.rmtree(run / "pseudo_labels")
+    shutil.rmtree(run / "random_walk")
     rc, _, err = in_process(run_cmd(run, synth_root, args=["--to", "random_walk"]), capsys)
     line = error_line(rc, err)
     assert line == (f"affinitynet: error: {ckpt}: cannot read checkpoint, the file is truncated or corrupt "

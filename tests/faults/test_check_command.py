@@ -6,7 +6,7 @@ import torch
 from PIL import Image
 
 from affinitynet import config
-from affinitynet.check import run_check
+from affinitynet.commands.check import run_check
 from affinitynet.io import load_label_png, save_label_png
 from faultkit import FAST, in_process, set_args
 
@@ -65,7 +65,7 @@ def test_every_problem_is_reported_at_once(data_copy, tmp_path, capsys):
     expected["cam.crop_size"] = "must be at least 16 pixels, got 8"
     expected["affinitynet.epochs"] = "must be at least 1, got 0"
     expected["segmentation.backbone"] = "unknown backbone 'resnet9' (valid: resnet38, resnet50, resnet101, tiny)"
-    expected[str(tmp_path / "imagenet.pth")] = "pretrained weights not found (cam.pretrained)"
+    expected[str(tmp_path / "imagenet.pth")] = "weights file not found (cam.pretrained)"
     expected["cam.batch_size"] = "40 is more than the 31 training images"
     if not torch.cuda.is_available():
         bad_config.append("runtime.device=cuda")
@@ -90,15 +90,15 @@ def test_missing_root_and_bad_synthetic_parameters(tmp_path, capsys):
     assert rc == 1
     assert out.strip().splitlines() == ["checked no images: 1 problem",
                                         f"  {tmp_path / 'nothing'}: dataset root not found (data.root)"]
-    rc, out, _ = in_process(["check", "synthetic_cpu", *set_args(tmp_path / "fresh", "data.synth_size=32",
-                                                                  "data.synth_classes=12")], capsys)
+    rc, out, _ = in_process(["check", "synthetic_cpu", *set_args(tmp_path / "fresh", "data.synthetic.size=32",
+                                                                  "data.synthetic.classes=12")], capsys)
     assert rc == 1
-    assert "  data.synth_size: must be at least 48 pixels, got 32" in out.splitlines()
-    assert "  data.synth_classes: the synthetic set has 1 to 8 classes, got 12" in out.splitlines()
+    assert "  data.synthetic.size: must be at least 48 pixels, got 32" in out.splitlines()
+    assert "  data.synthetic.classes: the synthetic set has 1 to 8 classes, got 12" in out.splitlines()
 
 
 def test_synthetic_root_made_with_other_parameters(synth_root, capsys):
-    rc, out, _ = in_process(["check", "synthetic_cpu", *set_args(synth_root, "data.synth_train=20")], capsys)
+    rc, out, _ = in_process(["check", "synthetic_cpu", *set_args(synth_root, "data.synthetic.train=20")], capsys)
     assert rc == 1
     assert f"  {synth_root}: holds a synthetic set made with " in out
 

@@ -21,11 +21,11 @@ from faultkit import (N_TRAIN, N_VAL, assert_same_weights, copy_run, error_line,
 PER_IMAGE = {
     "make_cam": ("cam", "train_*.npz", N_TRAIN),
     "make_affinity_labels": ("affinity_labels", "train_*.png", N_TRAIN),
-    "random_walk": ("pseudo_labels", "train_*.png", N_TRAIN),
-    "segment": ("predictions", "val_*.png", N_VAL),
+    "random_walk": ("random_walk", "train_*.png", N_TRAIN),
+    "segment": ("segmentation", "val_*.png", N_VAL),
 }
 # training stages: checkpoint folder
-TRAINING = {"train_cam": "classifier", "train_affinitynet": "affinitynet", "train_segmentation": "segmentation"}
+TRAINING = {"train_cam": "classifier", "train_affinitynet": "affinitynet", "train_segmentation": "deeplab"}
 UPSTREAM = ("classifier", "cam", "affinity_labels", "affinitynet")
 
 
@@ -97,14 +97,14 @@ class FullDisk:
 
 def test_disk_full_during_per_image_stage(reference_run, synth_root, tmp_path, capsys, monkeypatch):
     run = copy_run(reference_run, tmp_path / "run")
-    shutil.rmtree(run / "pseudo_labels")
+    shutil.rmtree(run / "random_walk")
     upstream = {d: file_bytes(run / d) for d in UPSTREAM}
-    disk = FullDisk("pseudo_labels/train_", allowed=5)
+    disk = FullDisk("random_walk/train_", allowed=5)
     monkeypatch.setattr(affinitynet.io, "os", disk)
     rc, _, err = in_process(run_cmd(run, synth_root, args=["--to", "random_walk"]), capsys)
     line = error_line(rc, err)
-    assert "pseudo_labels/train_00005.png: No space left on device; free some space and re-run" in line
-    written = sorted(p.name for p in (run / "pseudo_labels").glob("train_*.png"))
+    assert "random_walk/train_00005.png: No space left on device; free some space and re-run" in line
+    written = sorted(p.name for p in (run / "random_walk").glob("train_*.png"))
     assert len(written) == 5
     assert not temp_files(run)
     assert {d: file_bytes(run / d) for d in UPSTREAM} == upstream  # earlier outputs intact
@@ -114,7 +114,7 @@ def test_disk_full_during_per_image_stage(reference_run, synth_root, tmp_path, c
     rc, _, err = in_process(run_cmd(run, synth_root, args=["--to", "random_walk"]), capsys)
     assert rc == 0, err
     assert f"5 of {N_TRAIN} images already done, resuming" in err
-    assert file_bytes(run / "pseudo_labels") == file_bytes(reference_run / "pseudo_labels")
+    assert file_bytes(run / "random_walk") == file_bytes(reference_run / "random_walk")
     assert not temp_files(run)
 
 

@@ -20,7 +20,7 @@ import torch
 from PIL import Image
 
 from affinitynet import io
-from affinitynet.cli import resolve_config_path
+from affinitynet.config import resolve_config_path
 from affinitynet.config import load
 from affinitynet.data import VOCDataset
 from affinitynet.models.base import Backbone
@@ -104,7 +104,7 @@ def test_predict_returns_masks_in_the_displayed_orientation(reference_run, synth
     upright = io.load_image(synth_root / "JPEGImages" / "val_00000.jpg")[:40]
     Image.fromarray(upright).save(tmp_path / "upright.png")
     Image.fromarray(np.rot90(upright, -1)).save(tmp_path / "stored.png", exif=_exif(8))  # stored 64 x 40
-    rc, _, err = in_process(["predict", "--checkpoint", reference_run / "segmentation" / "final.pt",
+    rc, _, err = in_process(["predict", "--checkpoint", reference_run / "deeplab" / "final.pt",
                              tmp_path / "upright.png", tmp_path / "stored.png", "--out", tmp_path / "pred",
                              "--device", "cpu"], capsys)
     assert rc == 0, err
@@ -166,7 +166,7 @@ def _exif_rotated(rgb):
 
 
 FORMATS = [_palette, _grey8, _grey_alpha, _rgba, _cmyk, _grey16, _float, _exif_rotated]
-FOLDER = ("data.kind=folder", "data.image_dir=images", "data.mask_dir=masks", "data.classes_file=classes.txt")
+FOLDER = ("data.kind=folder", "data.folder.image_dir=images", "data.folder.mask_dir=masks", "data.folder.classes_file=classes.txt")
 
 
 @pytest.fixture(scope="module")
@@ -287,8 +287,8 @@ def test_big_images_are_bounded_and_outputs_keep_their_size(data_copy, tmp_path,
     assert rc == 0, err
     assert BOUND <= max(max(s) for s in sizes) <= BOUND + 8, sorted(set(sizes))[-5:]  # + padding to the stride
     assert np.load(run / "cam" / f"{big['train']}.npz")["cams"].shape[1:] == (960, 1280)
-    assert io.load_label_png(run / "pseudo_labels" / f"{big['train']}.png").shape == (960, 1280)
-    assert io.load_label_png(run / "predictions" / f"{big['val']}.png").shape == (960, 1280)
+    assert io.load_label_png(run / "random_walk" / f"{big['train']}.png").shape == (960, 1280)
+    assert io.load_label_png(run / "segmentation" / f"{big['val']}.png").shape == (960, 1280)
     assert json.loads((run / "metrics.json").read_text())["segmentation"]["miou"] >= 0
 
 
@@ -307,11 +307,11 @@ CUDA_OOM = torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 9.
 CPU_OOM = RuntimeError("[enforce fail at alloc_cpu.cpp:117] data. DefaultCPUAllocator: not enough memory: "
                        "you tried to allocate 9835315200 bytes.")
 OUT_OF_MEMORY = {
-    "make_cam": ("cam", "train_*.npz", N_TRAIN, "affinitynet.stages.make_cam.multiscale_cam", CUDA_OOM,
+    "make_cam": ("cam", "train_*.npz", N_TRAIN, "affinitynet.stages.cam_sources.multiscale_cam", CUDA_OOM,
                  "cam.max_long_side"),
-    "random_walk": ("pseudo_labels", "train_*.png", N_TRAIN, "affinitynet.stages.random_walk.walk_scores", CPU_OOM,
+    "random_walk": ("random_walk", "train_*.png", N_TRAIN, "affinitynet.stages.random_walk.walk_scores", CPU_OOM,
                     "random_walk.max_long_side"),
-    "segment": ("predictions", "val_*.png", N_VAL, "affinitynet.stages.segment.predict_label", CUDA_OOM,
+    "segment": ("segmentation", "val_*.png", N_VAL, "affinitynet.stages.segment.predict_label", CUDA_OOM,
                 "segmentation.test_max_long_side"),
 }
 
@@ -465,9 +465,9 @@ def test_a_bad_segmentation_is_named_by_check_and_the_clean_set_passes(coco_root
 SIGNALS = {
     "ctrl_c_in_make_cam": (signal.SIGINT, True, "make_cam", (), "cam", "train_*.npz", N_TRAIN),
     "sigterm_in_random_walk_pool": (signal.SIGTERM, False, "random_walk", ("random_walk.workers=2",),
-                                    "pseudo_labels", "train_*.png", N_TRAIN),
+                                    "random_walk", "train_*.png", N_TRAIN),
     "sigterm_to_the_group_in_random_walk_pool": (signal.SIGTERM, True, "random_walk", ("random_walk.workers=2",),
-                                                 "pseudo_labels", "train_*.png", N_TRAIN),
+                                                 "random_walk", "train_*.png", N_TRAIN),
     "sigterm_in_train_cam": (signal.SIGTERM, False, "train_cam", ("cam.epochs=4",), "classifier", "last.pt", None),
 }
 

@@ -1,6 +1,7 @@
 """Datasets: VOC layout (and the synthetic set, written in it), COCO 2014, a custom folder with a tag CSV."""
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 from ..config import DataConfig
@@ -15,13 +16,17 @@ class SyntheticDataset(VOCDataset):
     """The built-in synthetic set: a VOC-layout folder with its own ``classes.txt``."""
 
 
+def synthetic_params(cfg: DataConfig) -> dict:
+    """The synthetic set's generation parameters (as its marker file records them)."""
+    return dataclasses.asdict(cfg.synthetic)
+
+
 def ensure_synthetic(cfg: DataConfig) -> Path:
     """Generate the synthetic set into ``cfg.root`` unless a complete one (marker file present) is there."""
     from .synthetic import generate, read_marker
 
     root = Path(cfg.root)
-    params = {"train": cfg.synth_train, "val": cfg.synth_val, "size": cfg.synth_size,
-              "classes": cfg.synth_classes, "seed": cfg.synth_seed}
+    params = synthetic_params(cfg)
     marker = read_marker(root)
     if marker is None:
         return generate(root, **params)
@@ -32,22 +37,23 @@ def ensure_synthetic(cfg: DataConfig) -> Path:
 
 
 def _voc(cfg: DataConfig, split: str) -> SegDataset:
-    return VOCDataset(cfg.root, split, mask_dir=cfg.mask_dir, labels_from=cfg.labels_from)
+    return VOCDataset(cfg.root, split, mask_dir=cfg.voc.mask_dir, labels_from=cfg.voc.labels_from)
 
 
 def _synthetic(cfg: DataConfig, split: str) -> SegDataset:
     ensure_synthetic(cfg)
-    return SyntheticDataset(cfg.root, split, mask_dir="SegmentationClass", labels_from=cfg.labels_from)
+    return SyntheticDataset(cfg.root, split, mask_dir="SegmentationClass", labels_from="auto")
 
 
 def _coco(cfg: DataConfig, split: str) -> SegDataset:
-    return COCODataset(cfg.root, split, image_dir=cfg.image_dir, annotation_file=cfg.annotation_file)
+    return COCODataset(cfg.root, split, image_dir=cfg.coco.image_dir, annotation_file=cfg.coco.annotation_file)
 
 
 def _folder(cfg: DataConfig, split: str) -> SegDataset:
-    pattern = cfg.csv or "{split}.csv"
-    return FolderDataset(cfg.root, pattern.format(split=split), image_dir=cfg.image_dir.format(split=split),
-                         classes_file=cfg.classes_file, mask_dir=cfg.mask_dir,
+    f = cfg.folder
+    pattern = f.csv or "{split}.csv"
+    return FolderDataset(cfg.root, pattern.format(split=split), image_dir=f.image_dir.format(split=split),
+                         classes_file=f.classes_file, mask_dir=f.mask_dir,
                          class_csvs=tuple(pattern.format(split=s) for s in (cfg.train_split, cfg.val_split)))
 
 
@@ -64,4 +70,4 @@ def build_dataset(cfg: DataConfig, split: str) -> SegDataset:
 
 
 __all__ = ["SegDataset", "VOCDataset", "SyntheticDataset", "COCODataset", "FolderDataset", "VOC_CLASSES",
-           "DATASETS", "build_dataset", "ensure_synthetic"]
+           "DATASETS", "build_dataset", "ensure_synthetic", "synthetic_params"]

@@ -12,11 +12,10 @@ import numpy as np
 import torch
 from PIL import Image
 
+from ..conventions import IGNORE, IMAGENET_MEAN, IMAGENET_STD, normalize_image
+
 from ..ops.bound import bounded_size
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-IGNORE = 255
 CROP_PADS = ("mean", "black")
 
 
@@ -133,15 +132,6 @@ def random_crop(img: np.ndarray, label: np.ndarray | None, size: int, rng: np.ra
     return out, out_label
 
 
-def normalize(img: np.ndarray, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD,
-              channels_first: bool = True) -> np.ndarray:
-    """(H,W,3) uint8 -> float32 (3,H,W) (or (H,W,3) with channels_first=False) as (x/255 - mean) / std."""
-    mean = np.asarray(mean, dtype=np.float32)
-    std = np.asarray(std, dtype=np.float32)
-    x = (img.astype(np.float32) / 255.0 - mean) / std
-    return np.ascontiguousarray(x.transpose(2, 0, 1)) if channels_first else x
-
-
 class TrainTransform:
     """Augmentation of one training stage: ``kind`` "cls" (image only), "aff" or "seg" (image + label map).
 
@@ -207,9 +197,9 @@ class TrainTransform:
         label_fill = 0 if scores else IGNORE
         if self.crop_pad == "black":
             img, label = random_crop(img, label, self.crop_size, rng, img_fill=0, label_fill=label_fill)
-            x = normalize(img, self.mean, self.std, channels_first=False)
+            x = normalize_image(img, self.mean, self.std).permute(1, 2, 0).numpy()
         else:
-            x = normalize(img, self.mean, self.std, channels_first=False)
+            x = normalize_image(img, self.mean, self.std).permute(1, 2, 0).numpy()
             x, label = random_crop(x, label, self.crop_size, rng, img_fill=0.0, label_fill=label_fill)
         x = torch.from_numpy(np.ascontiguousarray(x.transpose(2, 0, 1)))
         if label is None:

@@ -72,12 +72,12 @@ class VOCDataset(SegDataset):
     def __init__(self, root, split: str = "train", *, mask_dir: str = "SegmentationClass",
                  labels_from: str = "auto"):
         if labels_from not in LABEL_SOURCES:
-            raise ConfigError(f"data.labels_from must be one of {LABEL_SOURCES}, got {labels_from!r}")
+            raise ConfigError(f"data.voc.labels_from must be one of {LABEL_SOURCES}, got {labels_from!r}")
         root = find_voc_root(root)
         classes_file = root / "classes.txt"
         classes = read_class_list(classes_file) if classes_file.is_file() else list(VOC_CLASSES)
         self.split = split
-        self.split_file = self._split_file(root, split)
+        self.split_file = self.split_file_of(root, split)
         super().__init__(root, classes, read_split_list(self.split_file))
         self.mask_root = root / mask_dir
         self.labels_from = labels_from
@@ -88,7 +88,7 @@ class VOCDataset(SegDataset):
                 raise DataError(path, f"image file not found (listed in {self.split_file})")
 
     @staticmethod
-    def _split_file(root: Path, split: str) -> Path:
+    def split_file_of(root: Path, split: str) -> Path:
         named = root / "ImageSets" / "Segmentation" / f"{split}.txt"
         if named.is_file():
             return named

@@ -45,17 +45,41 @@ def _backbone_from(section) -> Backbone:
 
 def build_classifier(section, num_classes: int) -> Classifier:
     """Classifier from a ``CamConfig`` (backbone, pretrained, output_stride) with C foreground classes."""
-    return Classifier(_backbone_from(section), num_classes)
+    net = Classifier(_backbone_from(section), num_classes)
+    net.model_args = {"network": "classifier", "backbone": section.backbone, "output_stride": section.output_stride,
+                      "num_classes": num_classes}
+    return net
 
 
 def build_affinitynet(section) -> AffinityNet:
     """AffinityNet from an ``AffinityNetConfig`` (backbone, pretrained, output_stride)."""
-    return AffinityNet(_backbone_from(section))
+    net = AffinityNet(_backbone_from(section))
+    net.model_args = {"network": "affinitynet", "backbone": section.backbone, "output_stride": section.output_stride}
+    return net
 
 
 def build_deeplab(section, num_classes: int) -> DeepLab:
     """DeepLab from a ``SegmentationConfig`` (backbone, pretrained, output_stride, head); K classes incl. background."""
-    return DeepLab(_backbone_from(section), num_classes, head=section.head, rate=section.head_rate)
+    net = DeepLab(_backbone_from(section), num_classes, head=section.head, rate=section.head_rate)
+    net.model_args = {"network": "deeplab", "backbone": section.backbone, "output_stride": section.output_stride,
+                      "num_classes": num_classes, "head": section.head, "rate": section.head_rate}
+    return net
+
+
+def build_from_args(args: dict):
+    """Rebuild a network, without initial weights, from the ``model_args`` its checkpoint stores."""
+    args = dict(args)
+    kind = args.pop("network", None)
+    makers = {
+        "classifier": lambda b: Classifier(b, args["num_classes"]),
+        "affinitynet": lambda b: AffinityNet(b),
+        "deeplab": lambda b: DeepLab(b, args["num_classes"], head=args["head"], rate=args["rate"]),
+    }
+    if kind not in makers:
+        raise ConfigError(f"cannot rebuild a network of kind {kind!r} (known: {', '.join(makers)})")
+    net = makers[kind](build_backbone(args["backbone"], output_stride=args["output_stride"]))
+    net.model_args = {"network": kind, **args}
+    return net
 
 
 __all__ = [
@@ -76,6 +100,7 @@ __all__ = [
     "build_backbone",
     "build_classifier",
     "build_deeplab",
+    "build_from_args",
     "deeplab_num_classes",
     "guess_backbone",
     "load_backbone_weights",

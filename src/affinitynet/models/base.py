@@ -4,8 +4,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+from ..conventions import IMAGENET_MEAN, IMAGENET_STD
 
 
 class Backbone(nn.Module):

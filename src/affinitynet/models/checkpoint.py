@@ -24,6 +24,22 @@ def strip_module_prefix(state: dict) -> dict:
     return {k[len("module."):] if k.startswith("module.") else k: v for k, v in state.items()}
 
 
+def torch_load(path, map_location="cpu"):
+    """``torch.load`` of a file (tensors and plain containers only); missing or damaged -> DataError naming it.
+
+    Reads both serialisations: the zip archive of PyTorch >= 1.6 and the older one, in which the
+    AffinityNet release's ``res38_cls.pth`` / ``res38_aff.pth`` were written by PyTorch 0.4.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(path, "checkpoint file not found")
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:  # truncated zip, pickle of foreign objects, not a torch file at all
+        detail = str(e).strip().splitlines()[0].split(". ")[0] if str(e).strip() else type(e).__name__
+        raise DataError(path, f"cannot read checkpoint, the file is truncated or corrupt ({detail})") from None
+
+
 def read_state_dict(path) -> dict[str, torch.Tensor]:
     """Read a checkpoint on the CPU: a state dict, our checkpoint (state under ``model``), MXNet ResNet-38 weights."""
     path = Path(path)
@@ -31,11 +47,7 @@ def read_state_dict(path) -> dict[str, torch.Tensor]:
         raise DataError(path, "checkpoint file not found")
     if path.suffix == ".params" or is_params_file(path):  # ademxapp's ResNet-38 ImageNet weights
         return read_resnet38_params(path)
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # truncated zip, pickle of foreign objects, not a torch file at all
-        detail = str(e).strip().splitlines()[0].split(". ")[0] if str(e).strip() else type(e).__name__
-        raise DataError(path, f"cannot read checkpoint, the file is truncated or corrupt ({detail})") from None
+    obj = torch_load(path)
     if isinstance(obj, dict):
         for key in ("model", "state_dict"):
             if isinstance(obj.get(key), dict):

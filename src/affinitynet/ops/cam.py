@@ -1,6 +1,6 @@
 """Class activation maps: multi-scale + flip inference, per-class normalisation, background scores.
 
-Pure tensor functions (DESIGN.md 2.1); they know nothing about files.
+Pure tensor functions; they know nothing about files.
 """
 from __future__ import annotations
 
@@ -11,18 +11,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..conventions import normalize_image
+
 DEFAULT_SCALES = (1.0, 0.5, 1.5, 2.0)
-
-
-def normalize_image(img, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
-    """(H, W, 3) uint8 image (numpy or tensor) -> (3, H, W) float32 tensor ``(img/255 - mean) / std``."""
-    t = torch.as_tensor(np.asarray(img)) if not isinstance(img, torch.Tensor) else img
-    if t.ndim != 3 or t.shape[-1] != 3:
-        raise ValueError(f"expected an (H, W, 3) image, got shape {tuple(t.shape)}")
-    t = t.permute(2, 0, 1).to(torch.float32) / 255.0
-    mean_t = torch.as_tensor(mean, dtype=torch.float32, device=t.device).view(3, 1, 1)
-    std_t = torch.as_tensor(std, dtype=torch.float32, device=t.device).view(3, 1, 1)
-    return ((t - mean_t) / std_t).contiguous()
 
 
 def _model_device(model: nn.Module) -> torch.device:

@@ -10,7 +10,7 @@ import torch
 from .cam import cam_scores_with_bg, pool_to_grid
 from .crf import dense_crf
 
-IGNORE = 255
+from ..conventions import IGNORE
 
 _CRF_KEYS = {"iters", "gauss_sxy", "gauss_compat", "bilateral_sxy", "bilateral_srgb", "bilateral_compat", "unary"}
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-IGNORE = 255
+from ..conventions import IGNORE
 
 
 def _np(x) -> np.ndarray:

@@ -5,7 +5,7 @@ import functools
 
 import torch
 
-IGNORE = 255
+from ..conventions import IGNORE
 
 
 def pair_offsets(radius: int) -> list[tuple[int, int]]:

@@ -1,4 +1,4 @@
-"""Pieces several stages share: where per-image files live, loading CAMs and trained networks."""
+"""Pieces several stages share: CAM files, the feature grid, the scoring split, loading and adopting networks."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -10,19 +10,14 @@ from ..errors import StageError
 from ..io import load_npz, save_npz
 
 
-def cam_file(run_dir: Path, name: str) -> Path:
-    """``RUN_DIR/cam/{name}.npz``: keys (C',) int16 class ids, cams (C', H, W) float16 in [0, 1]."""
-    return Path(run_dir) / "cam" / f"{name}.npz"
-
-
 def save_cam(path: Path, keys: torch.Tensor, maps: torch.Tensor) -> None:
-    """Write one image's normalised CAMs (present classes only) at image size as float16."""
+    """Write one image's normalised CAMs (present classes only) at image size as float16 (``RunLayout.cam``)."""
     save_npz(path, keys=keys.cpu().numpy().astype(np.int16), cams=maps.cpu().numpy().astype(np.float16))
 
 
-def load_cam(run_dir: Path, name: str) -> tuple[np.ndarray, np.ndarray]:
-    """(keys (C',) int64 class ids 1..C, maps (C', H, W) float32) of one image."""
-    z = load_npz(cam_file(run_dir, name))
+def load_cam(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """(keys (C',) int64 class ids 1..C, maps (C', H, W) float32) of one image's CAM file."""
+    z = load_npz(path)
     return z["keys"].astype(np.int64), z["cams"].astype(np.float32)
 
 
@@ -76,11 +71,11 @@ def load_trained(model: torch.nn.Module, path: Path, device: torch.device, stage
     return model.to(device).eval()
 
 
-def use_given_checkpoint(ctx, model: torch.nn.Module, path: str, out_dir: str) -> dict:
-    """Adopt a trained network instead of training one: ``RUN_DIR/out_dir/final.pt`` links to ``path``.
+def use_given_checkpoint(ctx, model: torch.nn.Module, path: str) -> dict:
+    """Adopt a trained network instead of training one: the stage's ``final.pt`` links to ``path``.
 
     The file is loaded into ``model`` first (a file that does not fit fails here, naming it);
-    ``out_dir/source.json`` records its absolute path and sha256. Returns the stage's summary.
+    ``source.json`` beside the link records its absolute path and sha256. Returns the stage's summary.
     """
     import os
 
@@ -90,22 +85,22 @@ def use_given_checkpoint(ctx, model: torch.nn.Module, path: str, out_dir: str) -
     source = Path(path).expanduser().resolve()
     load_checkpoint_into(model, source)
     digest = file_sha256(source)
-    out = ctx.path(out_dir)
+    final = ctx.layout.network(ctx.stage)
     if ctx.is_main:
-        out.mkdir(parents=True, exist_ok=True)
-        write_json(out / "source.json", {"checkpoint": str(source), "sha256": digest})
-        with atomic_path(out / "final.pt") as tmp:
+        final.parent.mkdir(parents=True, exist_ok=True)
+        write_json(final.parent / "source.json", {"checkpoint": str(source), "sha256": digest})
+        with atomic_path(final) as tmp:
             tmp.unlink()  # the placeholder file atomic_path made: a link takes its name
             os.symlink(source, tmp)
     ctx.log.info(f"  using the trained network {source} (sha256 {digest[:16]}) instead of training one")
     return {"checkpoint": str(source), "sha256": digest[:16]}
 
 
-def train_network(ctx, model: torch.nn.Module, section, dataset, loss_fn, out_dir: str, *, validate=None) -> dict:
+def train_network(ctx, model: torch.nn.Module, section, dataset, loss_fn, *, validate=None) -> dict:
     """Shared wiring of the three training stages: SGD with the x1/x2/x10/x20 groups, poly LR, ``fit``.
 
     ``section`` is the stage's config section (lr, weight_decay, momentum, poly_power, epochs, batch_size).
-    Checkpoints, ``history.jsonl`` and ``final.pt`` go to ``RUN_DIR/out_dir``.
+    Checkpoints, ``history.jsonl`` and ``final.pt`` go to the stage's folder.
     """
     from ..accel import AccelOptions
     from ..dist import DistInfo
@@ -115,7 +110,7 @@ def train_network(ctx, model: torch.nn.Module, section, dataset, loss_fn, out_di
     optimizer = param_groups_sgd(model.param_groups(), section.lr, section.weight_decay, section.momentum)
     rt = ctx.cfg.runtime
     return fit(model, loss_fn, dataset, optimizer=optimizer, epochs=section.epochs, batch_size=section.batch_size,
-               ckpt_dir=ctx.path(out_dir), device=ctx.device, poly_power=section.poly_power,
+               ckpt_dir=ctx.layout.folder(ctx.stage), device=ctx.device, poly_power=section.poly_power,
                dist_info=DistInfo(ctx.rank, ctx.world_size, ctx.local_rank), seed=rt.seed,
                num_workers=rt.num_workers, progress=rt.progress and ctx.is_main, log_every=rt.log_every,
                log=ctx.log, validate=validate, config=ctx.cfg.to_dict(), accel=AccelOptions.from_runtime(rt))

@@ -1,31 +1,25 @@
 """evaluate: gather every stage's scores into ``RUN_DIR/metrics.json`` and draw ``RUN_DIR/report.html``.
 
 Each stage scores its own output when the split has masks (``cam/metrics.json``,
-``pseudo_labels/metrics.json``, ...); this stage puts them side by side under fixed keys.
+``random_walk/metrics.json``, ...); this stage puts them side by side, keyed by the stage's folder.
 """
 from __future__ import annotations
 
 from ..io import read_json, write_json
+from ..layout import RunLayout
 from ..ops.metrics import format_table
-
-# metrics.json key -> file written by the stage that produced it
-SOURCES = {
-    "classifier": "classifier/metrics.json",
-    "cam": "cam/metrics.json",
-    "affinity_labels": "affinity_labels/metrics.json",
-    "affinitynet": "affinitynet/metrics.json",
-    "random_walk": "pseudo_labels/metrics.json",
-    "segmentation": "predictions/metrics.json",
-}
 
 
 def collect(run_dir) -> dict:
-    """{key: metrics} for every stage that has written its scores."""
+    """{folder: metrics} for every stage that has written its scores, in pipeline order."""
+    from . import STAGES
+
+    layout = RunLayout(run_dir)
     out = {}
-    for key, rel in SOURCES.items():
-        p = run_dir / rel
-        if p.exists():
-            out[key] = read_json(p)
+    for spec in STAGES:
+        p = layout.stage_metrics(spec.name) if spec.folder else None
+        if p is not None and p.exists():
+            out[spec.folder] = read_json(p)
     return out
 
 
@@ -34,11 +28,11 @@ def run(ctx) -> dict:
     metrics = collect(ctx.run_dir)
     summary = {}
     if ctx.is_main:
-        write_json(ctx.path("metrics.json"), metrics)
-        for key in ("cam", "random_walk", "segmentation"):
-            if key in metrics and "miou" in metrics[key]:
-                summary[f"{key}_miou"] = round(metrics[key]["miou"], 2)
-                ctx.log.info(f"\n{key}:\n{format_table(metrics[key])}")
+        write_json(ctx.layout.metrics, metrics)
+        for key, m in metrics.items():
+            if isinstance(m, dict) and "miou" in m and "iou" in m:
+                summary[f"{key}_miou"] = round(m["miou"], 2)
+                ctx.log.info(f"\n{key}:\n{format_table(m)}")
         from ..report import write_report
 
         write_report(ctx.run_dir, ctx.cfg)

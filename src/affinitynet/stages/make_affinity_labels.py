@@ -19,22 +19,13 @@ import torch
 
 from ..io import load_label_png, load_npz, save_label_png, save_npz, write_json
 from ..ops.confident import confident_labels, confident_scores, labels_from_scores
+from ..layout import RunLayout
 from .common import load_cam
 
 
-def label_file(run_dir: Path, name: str) -> Path:
-    """``RUN_DIR/affinity_labels/{name}.png``."""
-    return Path(run_dir) / "affinity_labels" / f"{name}.png"
-
-
-def score_file(run_dir: Path, name: str) -> Path:
-    """``RUN_DIR/affinity_labels/{name}.npz``: the CRF score stacks (``grid_labels: scores`` only)."""
-    return Path(run_dir) / "affinity_labels" / f"{name}.npz"
-
-
-def load_scores(run_dir: Path, name: str) -> np.ndarray:
-    """(H, W, 2K) float32: the la stack's K channels, then ha's (channel 0 of each is the background)."""
-    z = load_npz(score_file(run_dir, name))
+def load_scores(path: Path) -> np.ndarray:
+    """(H, W, 2K) float32 from a score file (``RunLayout.affinity_scores``): la's K channels, then ha's (bg first)."""
+    z = load_npz(path)
     return np.concatenate([z["la"], z["ha"]], axis=0).astype(np.float32).transpose(1, 2, 0)
 
 
@@ -43,12 +34,12 @@ class _Labeller:
     """Picklable per-image work for the worker processes."""
 
     dataset: object
-    run_dir: Path
+    layout: RunLayout
     cfg: object  # AffinityLabelConfig
 
     def __call__(self, name: str) -> None:
         c = self.cfg
-        keys, maps = load_cam(self.run_dir, name)
+        keys, maps = load_cam(self.layout.cam(name))
         image = self.dataset.load_image(name)
         crf_params = dict(iters=c.crf_iters, gauss_sxy=c.crf_gauss_sxy, gauss_compat=c.crf_gauss_compat,
                           bilateral_sxy=c.crf_bilateral_sxy, bilateral_srgb=c.crf_bilateral_srgb,
@@ -56,7 +47,7 @@ class _Labeller:
         if c.grid_labels == "scores":
             la, ha = confident_scores(image, maps, alpha_low=c.alpha_low, alpha_high=c.alpha_high,
                                       crf_params=crf_params)
-            save_npz(score_file(self.run_dir, name), compressed=True, keys=keys.astype(np.int16),
+            save_npz(self.layout.affinity_scores(name), compressed=True, keys=keys.astype(np.int16),
                      la=la.numpy().astype(np.float16), ha=ha.numpy().astype(np.float16))
             lut = torch.cat([torch.zeros(1, dtype=torch.long), torch.from_numpy(keys)])
             label = labels_from_scores(la, ha, lut).to(torch.uint8).numpy()
@@ -64,7 +55,7 @@ class _Labeller:
             label = confident_labels(image, keys, maps, alpha_low=c.alpha_low, alpha_high=c.alpha_high,
                                      crf=c.crf, crf_params=crf_params, fg_threshold=c.fg_threshold,
                                      bg_threshold=c.bg_threshold)
-        save_label_png(label_file(self.run_dir, name), label)  # written last: it marks the image as done
+        save_label_png(self.layout.affinity_label(name), label)  # written last: it marks the image as done
 
 
 def confident_region_quality(dataset, names, label_of) -> dict:
@@ -102,13 +93,13 @@ def run(ctx) -> dict:
         from ..ops.crf import _densecrf
 
         _densecrf()  # fail now, with the install hint, rather than inside a worker
-    work = _Labeller(ds, ctx.run_dir, cfg)
-    counts = ctx.map_images(ds.names, lambda n: label_file(ctx.run_dir, n), work,
-                            desc="make_affinity_labels", workers=cfg.workers)
+    layout = ctx.layout
+    work = _Labeller(ds, layout, cfg)
+    counts = ctx.map_images(ds.names, layout.affinity_label, work, desc="make_affinity_labels", workers=cfg.workers)
     summary = {"images": len(ds), "computed": counts["done"]}
     if ctx.is_main and ds.has_masks:
-        q = confident_region_quality(ds, ds.names, lambda n: load_label_png(label_file(ctx.run_dir, n)))
-        write_json(ctx.path("affinity_labels", "metrics.json"), q)
+        q = confident_region_quality(ds, ds.names, lambda n: load_label_png(layout.affinity_label(n)))
+        write_json(layout.stage_metrics(ctx.stage), q)
         summary.update({k: round(v, 2) for k, v in q.items() if v is not None and k != "fg_fraction"
                         and k != "bg_fraction"})
     return summary

@@ -1,4 +1,7 @@
-"""make_cam: multi-scale + flip class activation maps of every training image, one ``.npz`` per image.
+"""make_cam: class activation maps of every training image from the configured CAM method, one ``.npz`` each.
+
+The method (``cam.method``, ``stages/cam_sources.py``) is the trained classifier's multi-scale + flip CAM
+unless configured otherwise.
 
 Storage: ``cam/{name}.npz`` with fixed keys ``keys`` (C',) int16 class ids of the image's tags and
 ``cams`` (C', H, W) float16 maps at image size, normalised to [0, 1]. Only present classes are stored
@@ -9,14 +12,13 @@ An image whose largest scale would exceed ``cam.max_long_side`` is shrunk first;
 from __future__ import annotations
 
 import numpy as np
-import torch
 
+from ..accel import SameSizeBatches
 from ..io import write_json
-from ..models import build_classifier
-from ..ops.bound import shrink_image, upsample_to
-from ..ops.cam import multiscale_cam, normalize_cams, normalize_image, scaled_images
 from ..ops.metrics import cam_sweep, scores
-from .common import build_trained, cam_file, load_cam, save_cam, scoring_set
+from ..visualize import cam_overlay
+from .cam_sources import cam_source
+from .common import load_cam, save_cam, scoring_set
 
 
 def evaluate_cams(ctx, names=None) -> dict:
@@ -31,51 +33,59 @@ def evaluate_cams(ctx, names=None) -> dict:
     k = ds.num_classes + 1
     conf = np.zeros((len(thresholds), k, k + 1), dtype=np.int64)
     for name in ctx.progress(names, desc="CAM mIoU sweep"):
-        keys, maps = load_cam(ctx.run_dir, name)
+        keys, maps = load_cam(ctx.layout.cam(name))
         conf += cam_sweep(maps, keys, ds.load_mask(name), thresholds, k)
     per = [scores(c, ds.label_names) for c in conf]
     best = int(np.argmax([p["miou"] for p in per]))
     default = thresholds.index(ctx.cfg.eval.cam_bg_threshold)
     result = dict(per[default])
     result.update(threshold=thresholds[default], best_threshold=thresholds[best], miou_best=per[best]["miou"],
-                  images=len(names), sweep={f"{t:g}": round(p["miou"], 2) for t, p in zip(thresholds, per)})
+                  images=len(names), split=ctx.cfg.eval.score_split or ctx.cfg.data.train_split,
+                  sweep={f"{t:g}": round(p["miou"], 2) for t, p in zip(thresholds, per)})
     return result
 
 
-def image_cams(model, raw: np.ndarray, labels: np.ndarray, cfg) -> tuple[torch.Tensor, torch.Tensor]:
-    """(H, W, 3) uint8 image, (C,) tags -> (keys (C',) class ids, maps (C', H, W) on the CPU): one image's CAMs.
+def same_size_batches(ctx, ds, source, output_of) -> SameSizeBatches:
+    """make_cam's work when ``runtime.batch_images`` > 1: images of one size share their forward passes."""
+    from ..dist import shard
 
-    ``cfg`` is the ``cam`` section: scales, flip, batching, resampling and the size bound.
-    """
-    mean, std = model.backbone.mean, model.backbone.std
-    size = raw.shape[:2]
-    raw = shrink_image(raw, cfg.max_long_side, max(cfg.scales))
-    image = normalize_image(raw, mean, std)
-    scaled = scaled_images(raw, cfg.scales, mean, std, cfg.resample) if cfg.resample != "bilinear" else None
-    cams = multiscale_cam(model, image, cfg.scales, cfg.flip, batched=cfg.batch_scales, scaled=scaled)
-    keys, maps = normalize_cams(cams, torch.from_numpy(labels))
-    return keys, upsample_to(maps.cpu(), size)  # stored at image size
+    def load(name):
+        return ds.load_image(name), ds.load_labels(name)
+
+    def run(names, inputs):
+        images, tags = zip(*inputs)
+        for name, (keys, maps) in zip(names, source.batch(names, list(images), list(tags))):
+            save_cam(output_of(name), keys, maps)
+
+    return SameSizeBatches(shard(list(ds.names), ctx.rank, ctx.world_size), output_of, load, run,
+                           ctx.cfg.runtime.batch_images)
 
 
 def run(ctx) -> dict:
     """Write ``cam/{name}.npz`` for every training image; score CAM labels when masks exist."""
     cfg = ctx.cfg.cam
     ds = ctx.train_set
-    model = build_trained(build_classifier, cfg, ds.num_classes, path=ctx.path("classifier", "final.pt"),
-                          device=ctx.device, stage="train_cam")
+    layout = ctx.layout
+    source = cam_source(ctx)
 
     def work(name: str) -> None:
-        save_cam(cam_file(ctx.run_dir, name), *image_cams(model, ds.load_image(name), ds.load_labels(name), cfg))
+        save_cam(layout.cam(name), *source(name, ds.load_image(name), ds.load_labels(name)))
 
-    counts = ctx.map_images(ds.names, lambda n: cam_file(ctx.run_dir, n), work, desc="make_cam",
-                            image_of=ds.image_path, memory_key="cam.max_long_side")
+    if ctx.cfg.runtime.batch_images > 1 and hasattr(source, "batch"):
+        work = same_size_batches(ctx, ds, source, layout.cam)
+
+    counts = ctx.map_images(ds.names, layout.cam, work, desc="make_cam", image_of=ds.image_path,
+                            memory_key="cam.max_long_side")
     summary = {"images": len(ds), "computed": counts["done"]}
     if ctx.is_main and cfg.overlays > 0:
-        from ..visualize import save_cam_overlays
+        from ..visualize import save_rgb
 
-        save_cam_overlays(ctx, ds.names[:cfg.overlays])
+        for name in ds.names[:cfg.overlays]:
+            image = ds.load_image(name)
+            overlay = cam_overlay(image, load_cam(layout.cam(name))[1])
+            save_rgb(layout.cam_overlay(name), np.concatenate([image, overlay], 1))
     if ctx.is_main and ds.has_masks:
         result = evaluate_cams(ctx)
-        write_json(ctx.path("cam", "metrics.json"), result)
+        write_json(layout.stage_metrics(ctx.stage), result)
         summary.update(miou=round(result["miou"], 2), threshold=result["threshold"])
     return summary

@@ -12,7 +12,6 @@ says how well they separate same-class from different-class pairs.
 from __future__ import annotations
 
 import functools
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -20,22 +19,26 @@ import torch.nn.functional as F
 
 from ..data.transforms import LabelMapSet, TrainTransform
 from ..io import load_label_png, write_json
+from ..conventions import STRIDE
 from ..models import build_affinitynet
 from ..ops.affinity import affinity_loss, grid_pair_affinity
 from ..ops.bound import shrink_image, shrink_mask
-from ..ops.cam import normalize_image
+from ..conventions import normalize_image
 from ..ops.confident import grid_labels_from_scores, pool_label_map
 from ..ops.metrics import average_precision
 from ..ops.pairs import pair_indices, pair_labels, reference_subset
 from .common import require, stride_grid, train_network, use_given_checkpoint
-from .make_affinity_labels import load_scores, score_file
+from .make_affinity_labels import load_scores
 
-STRIDE = 8
 VAL_IMAGES = 200  # held-out images scored after each epoch
 
 
-def _affinity_label(run_dir: Path, name: str) -> np.ndarray:
-    return load_label_png(Path(run_dir) / "affinity_labels" / f"{name}.png")
+def _affinity_label(layout, name: str) -> np.ndarray:
+    return load_label_png(layout.affinity_label(name))
+
+
+def _affinity_scores(layout, name: str) -> np.ndarray:
+    return load_scores(layout.affinity_scores(name))
 
 
 def affinity_batch_loss(model, batch, device, *, radius: int, num_classes: int, reference_pairs: bool = False):
@@ -82,7 +85,7 @@ def affinity_ap(model, dataset, device, radius: int, limit: int = VAL_IMAGES, *,
 
 
 def run(ctx) -> dict:
-    """Train AffinityNet into ``affinitynet/`` (resumes from ``affinitynet/last.pt``), or adopt ``affinitynet.checkpoint``."""
+    """Train AffinityNet into ``affinitynet/`` (resumes from its ``last.pt``), or adopt ``affinitynet.checkpoint``."""
     cfg = ctx.cfg.affinitynet
     ds = ctx.train_set
     bound = ctx.cfg.random_walk.max_long_side  # validation images: shrunk as the walk shrinks them
@@ -90,34 +93,34 @@ def run(ctx) -> dict:
         import dataclasses
 
         model = build_affinitynet(dataclasses.replace(cfg, pretrained="")).to(ctx.device)
-        summary = use_given_checkpoint(ctx, model, cfg.checkpoint, "affinitynet")
+        summary = use_given_checkpoint(ctx, model, cfg.checkpoint)
         val = ctx.val_set
         if ctx.is_main and val.has_masks and len(val):
             metrics = affinity_ap(model, val, ctx.device, cfg.radius, max_long_side=bound)
-            write_json(ctx.path("affinitynet", "metrics.json"), metrics)
+            write_json(ctx.layout.stage_metrics(ctx.stage), metrics)
             summary["ap"] = round(metrics["ap"], 2)
         return summary
     from_scores = ctx.cfg.affinity_labels.grid_labels == "scores"
+    layout = ctx.layout
     for name in ds.names[:1]:
-        require(score_file(ctx.run_dir, name) if from_scores else ctx.run_dir / "affinity_labels" / f"{name}.png",
-                "make_affinity_labels")
+        require(layout.affinity_scores(name) if from_scores else layout.affinity_label(name), "make_affinity_labels")
     model = build_affinitynet(cfg)
     transform = TrainTransform("aff", cfg, model.backbone.mean, model.backbone.std)
     if from_scores:
-        data = LabelMapSet(ds, ds.names, functools.partial(load_scores, ctx.run_dir), transform,
+        data = LabelMapSet(ds, ds.names, functools.partial(_affinity_scores, layout), transform,
                            seed=ctx.cfg.runtime.seed, reduce=functools.partial(grid_labels_from_scores, stride=STRIDE))
     else:
-        data = LabelMapSet(ds, ds.names, functools.partial(_affinity_label, ctx.run_dir), transform,
+        data = LabelMapSet(ds, ds.names, functools.partial(_affinity_label, layout), transform,
                            seed=ctx.cfg.runtime.seed)
     loss_fn = functools.partial(affinity_batch_loss, radius=cfg.radius, num_classes=ds.num_classes + 1,
                                 reference_pairs=cfg.reference_pairs)
     val = ctx.val_set
-    validate = ((lambda m: affinity_ap(m, val, ctx.device, cfg.radius, max_long_side=bound))
+    validate = (functools.partial(affinity_ap, dataset=val, device=ctx.device, radius=cfg.radius, max_long_side=bound)
                 if val.has_masks and len(val) else None)
-    result = train_network(ctx, model, cfg, data, loss_fn, "affinitynet", validate=validate)
+    result = train_network(ctx, model, cfg, data, loss_fn, validate=validate)
     summary = {"loss": round(result["final_loss"], 4)}
     if ctx.is_main and validate is not None:
-        metrics = affinity_ap(model, val, ctx.device, cfg.radius, max_long_side=bound)
-        write_json(ctx.path("affinitynet", "metrics.json"), metrics)
+        metrics = validate(model)
+        write_json(layout.stage_metrics(ctx.stage), metrics)
         summary["ap"] = round(metrics["ap"], 2)
     return summary

@@ -6,6 +6,8 @@ classification mAP are logged after every epoch.
 """
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -14,7 +16,7 @@ from ..data.transforms import ClassificationSet, TrainTransform
 from ..io import write_json
 from ..models import build_classifier
 from ..ops.bound import shrink_image
-from ..ops.cam import normalize_image
+from ..conventions import normalize_image
 from ..ops.metrics import average_precision
 from .common import train_network, use_given_checkpoint
 
@@ -48,29 +50,29 @@ def classification_metrics(model, dataset, device, limit: int = VAL_IMAGES, *, m
 
 
 def run(ctx) -> dict:
-    """Train the classifier into ``classifier/`` (resumes from ``classifier/last.pt``), or adopt ``cam.checkpoint``."""
+    """Train the classifier into ``classifier/`` (resumes from its ``last.pt``), or adopt ``cam.checkpoint``."""
     cfg = ctx.cfg.cam
     ds = ctx.train_set
     if cfg.checkpoint:
         import dataclasses
 
         model = build_classifier(dataclasses.replace(cfg, pretrained=""), ds.num_classes).to(ctx.device)
-        summary = use_given_checkpoint(ctx, model, cfg.checkpoint, "classifier")
+        summary = use_given_checkpoint(ctx, model, cfg.checkpoint)
         if ctx.is_main and len(ctx.val_set):
             metrics = classification_metrics(model, ctx.val_set, ctx.device, max_long_side=cfg.max_long_side)
-            write_json(ctx.path("classifier", "metrics.json"), metrics)
+            write_json(ctx.layout.stage_metrics(ctx.stage), metrics)
             summary["map"] = round(metrics["map"], 2)
         return summary
     model = build_classifier(cfg, ds.num_classes)
     data = ClassificationSet(ds, TrainTransform("cls", cfg, model.backbone.mean, model.backbone.std),
                              seed=ctx.cfg.runtime.seed)
     val = ctx.val_set
-    validate = (lambda m: classification_metrics(m, val, ctx.device, max_long_side=cfg.max_long_side)
-                if len(val) else None)
-    result = train_network(ctx, model, cfg, data, classification_loss, "classifier", validate=validate)
+    validate = (functools.partial(classification_metrics, dataset=val, device=ctx.device,
+                                  max_long_side=cfg.max_long_side) if len(val) else None)
+    result = train_network(ctx, model, cfg, data, classification_loss, validate=validate)
     summary = {"loss": round(result["final_loss"], 4)}
     if ctx.is_main and validate is not None:
-        metrics = classification_metrics(model, val, ctx.device, max_long_side=cfg.max_long_side)
-        write_json(ctx.path("classifier", "metrics.json"), metrics)
+        metrics = validate(model)
+        write_json(ctx.layout.stage_metrics(ctx.stage), metrics)
         summary["map"] = round(metrics["map"], 2)
     return summary

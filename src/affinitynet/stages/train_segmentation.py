@@ -15,7 +15,7 @@ import torch.nn.functional as F
 
 from ..data.transforms import LabelMapSet, TrainTransform
 from ..errors import ConfigError
-from ..evaluation import accumulate
+from ..scoring import accumulate
 from ..io import load_label_png, write_json
 from ..models import build_deeplab, load_backbone_weights
 from ..ops.metrics import scores
@@ -48,7 +48,7 @@ def label_source(ctx, dataset):
         if not dataset.has_masks:
             raise ConfigError("segmentation.labels=gt needs ground-truth masks, and the training split has none")
         return functools.partial(_label_from_mask, dataset)
-    folder = ctx.path("pseudo_labels") if choice == "pseudo" else Path(choice)
+    folder = ctx.layout.folder("random_walk") if choice == "pseudo" else Path(choice)
     if not folder.is_dir():
         raise ConfigError(f"segmentation.labels: {folder} is not a folder of label PNGs"
                           + (" (run the random_walk stage first)" if choice == "pseudo" else ""))
@@ -83,12 +83,12 @@ def build_network(ctx, num_classes: int):
     if cfg.backbone != ctx.cfg.cam.backbone:
         raise ConfigError(f"segmentation.pretrained=classifier needs the classifier's backbone "
                           f"({ctx.cfg.cam.backbone}), not {cfg.backbone}")
-    load_backbone_weights(model.backbone, require(ctx.path("classifier", "final.pt"), "train_cam"))
+    load_backbone_weights(model.backbone, require(ctx.layout.network("train_cam"), "train_cam"))
     return model
 
 
 def run(ctx) -> dict:
-    """Train the segmentation network into ``segmentation/`` (resumes from ``segmentation/last.pt``)."""
+    """Train the segmentation network into ``deeplab/`` (resumes from its ``last.pt``)."""
     cfg = ctx.cfg.segmentation
     ds = ctx.train_set
     model = build_network(ctx, ds.num_classes + 1)
@@ -100,9 +100,9 @@ def run(ctx) -> dict:
     if val.has_masks and len(val):
         validate = lambda m: {"miou": segmentation_miou(m, val, ctx.device,  # noqa: E731
                                                         max_long_side=cfg.test_max_long_side)["miou"]}
-    result = train_network(ctx, model, cfg, data, segmentation_loss, "segmentation", validate=validate)
+    result = train_network(ctx, model, cfg, data, segmentation_loss, validate=validate)
     summary = {"loss": round(result["final_loss"], 4)}
     if ctx.is_main and validate is not None:
         summary["val_miou_single_scale"] = round(validate(model)["miou"], 2)
-        write_json(ctx.path("segmentation", "metrics.json"), summary)
+        write_json(ctx.layout.stage_metrics(ctx.stage), summary)
     return summary

@@ -1,0 +1,1 @@
+"""The command line's actions beyond running stages: eval, predict, demo, check."""

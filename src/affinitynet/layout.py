@@ -1,0 +1,118 @@
+"""The run directory's layout: every file a run holds is named here, and everything else asks.
+
+RUN_DIR/
+  config.yaml  manifest.json  log.txt  metrics.json  report.html  .affinitynet.lock
+  classifier/        train_cam: final.pt (or a link to a given checkpoint + source.json), last.pt,
+                     history.jsonl, metrics.json
+  cam/               make_cam: {name}.npz, overlays/{name}.png, metrics.json
+  affinity_labels/   make_affinity_labels: {name}.png (and {name}.npz score stacks), metrics.json
+  affinitynet/       train_affinitynet: like classifier/
+  random_walk/       random_walk: {name}.png pseudo labels (and {name}.npz scores), metrics.json
+  deeplab/           train_segmentation: like classifier/
+  segmentation/      segment: {name}.png predictions of the evaluation split, preview/{name}.png
+                     (the report's training images), metrics.json
+
+Folder names are the stages' concept nouns; the metrics key of a folder is its name
+(``metrics.json`` holds ``cam``, ``random_walk``, ``segmentation``, ...).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+CONFIG = "config.yaml"
+MANIFEST = "manifest.json"
+LOG = "log.txt"
+METRICS = "metrics.json"
+REPORT = "report.html"
+LOCK = ".affinitynet.lock"
+
+# stage name -> its folder (= its metrics key)
+FOLDERS = {
+    "train_cam": "classifier",
+    "make_cam": "cam",
+    "make_affinity_labels": "affinity_labels",
+    "train_affinitynet": "affinitynet",
+    "random_walk": "random_walk",
+    "train_segmentation": "deeplab",
+    "segment": "segmentation",
+}
+
+
+class RunLayout:
+    """Paths inside one run directory."""
+
+    def __init__(self, root):
+        self.root = Path(root)
+
+    def __truediv__(self, rel) -> Path:
+        return self.root / rel
+
+    # run-level files
+    @property
+    def config(self) -> Path:
+        return self.root / CONFIG
+
+    @property
+    def manifest(self) -> Path:
+        return self.root / MANIFEST
+
+    @property
+    def log(self) -> Path:
+        return self.root / LOG
+
+    @property
+    def metrics(self) -> Path:
+        return self.root / METRICS
+
+    @property
+    def report(self) -> Path:
+        return self.root / REPORT
+
+    @property
+    def lock(self) -> Path:
+        return self.root / LOCK
+
+    # per stage
+    def folder(self, key: str) -> Path:
+        """A stage's folder, by stage name or by folder/metrics key."""
+        return self.root / FOLDERS.get(key, key)
+
+    def stage_metrics(self, key: str) -> Path:
+        """``{folder}/metrics.json``: the scores a stage wrote about its own output."""
+        return self.folder(key) / METRICS
+
+    def network(self, key: str) -> Path:
+        """``{folder}/final.pt``: a training stage's network (``classifier``, ``affinitynet``, ``deeplab``)."""
+        return self.folder(key) / "final.pt"
+
+    def history(self, key: str) -> Path:
+        """``{folder}/history.jsonl``: a training stage's per-epoch log."""
+        return self.folder(key) / "history.jsonl"
+
+    # per image
+    def cam(self, name: str) -> Path:
+        """``cam/{name}.npz``: keys (C',) int16 class ids, cams (C', H, W) float16 in [0, 1]."""
+        return self.root / "cam" / f"{name}.npz"
+
+    def cam_overlay(self, name: str) -> Path:
+        return self.root / "cam" / "overlays" / f"{name}.png"
+
+    def affinity_label(self, name: str) -> Path:
+        """``affinity_labels/{name}.png``: confident class ids, 0 background, 255 unsure."""
+        return self.root / "affinity_labels" / f"{name}.png"
+
+    def affinity_scores(self, name: str) -> Path:
+        """``affinity_labels/{name}.npz``: CRF score stacks la / ha (``grid_labels: scores``)."""
+        return self.root / "affinity_labels" / f"{name}.npz"
+
+    def pseudo_label(self, name: str) -> Path:
+        """``random_walk/{name}.png``: the pseudo label of a training image."""
+        return self.root / "random_walk" / f"{name}.png"
+
+    def prediction(self, name: str) -> Path:
+        """``segmentation/{name}.png``: the segmentation network's label of an evaluation image."""
+        return self.root / "segmentation" / f"{name}.png"
+
+    def preview(self, name: str) -> Path:
+        """``segmentation/preview/{name}.png``: its label of a training image shown in the report."""
+        return self.root / "segmentation" / "preview" / f"{name}.png"

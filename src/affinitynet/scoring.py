@@ -1,0 +1,43 @@
+"""Scoring label maps on disk against a dataset's masks (used by the stages and ``affinitynet eval``)."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from .errors import DataError
+from .io import load_label_png
+from .ops.metrics import confusion_matrix, scores
+
+
+def accumulate(dataset, names, predict, *, progress=lambda it, **kw: it, desc: str = "scoring") -> np.ndarray:
+    """Sum of confusion matrices over ``names``; ``predict(name) -> (H, W) uint8`` label map."""
+    k = dataset.num_classes + 1
+    conf = np.zeros((k, k + 1), dtype=np.int64)  # last column: predictions of 255 (misses)
+    for name in progress(names, desc=desc, total=len(names)):
+        gt = dataset.load_mask(name)
+        if gt is None:
+            raise DataError(dataset.image_path(name), "no ground-truth mask to evaluate against")
+        pred = predict(name)
+        if pred.shape != gt.shape:
+            raise DataError(name, f"prediction size {pred.shape[1]}x{pred.shape[0]} differs from the mask's "
+                                  f"{gt.shape[1]}x{gt.shape[0]}")
+        conf += confusion_matrix(pred, gt, k)
+    return conf
+
+
+def score_labels(path_of: Callable[[str], Path], dataset, names=None, **kw) -> dict:
+    """mIoU etc. of the label PNGs ``path_of(name)`` for every image of ``dataset`` (a missing one -> DataError)."""
+    names = list(dataset.names if names is None else names)
+    missing = [n for n in names if not path_of(n).exists()]
+    if missing:
+        raise DataError(path_of(missing[0]), f"prediction missing ({len(missing)} of {len(names)} images have none)")
+    conf = accumulate(dataset, names, lambda n: load_label_png(path_of(n)), **kw)
+    return dict(scores(conf, dataset.label_names), images=len(names))
+
+
+def score_label_dir(pred_dir: Path, dataset, names=None, **kw) -> dict:
+    """``score_labels`` of the PNGs ``pred_dir/{name}.png``."""
+    pred_dir = Path(pred_dir)
+    return score_labels(lambda n: pred_dir / f"{n}.png", dataset, names, **kw)

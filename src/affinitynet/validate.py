@@ -1,0 +1,189 @@
+"""The config's rules, stated once: ``affinitynet check`` reports them all, the runner refuses to start on any."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from .config import Config
+from .errors import AffinityNetError, ConfigError, DataError
+
+MIN_CROP = 16
+MIN_SYNTH_SIZE = 48
+
+
+class Problems(list):
+    """(where, problem) pairs: ``where`` a config key or a file; a repeated pair is kept once."""
+
+    def add(self, where, problem: str) -> None:
+        item = (str(where), problem)
+        if item not in self:
+            self.append(item)
+
+
+def _at_least(report: Problems, key: str, value, low, what: str = "") -> None:
+    if value < low:
+        report.add(key, f"must be at least {low}{what}, got {value}")
+
+
+def _positive(report: Problems, key: str, value) -> None:
+    if not value > 0:
+        report.add(key, f"must be positive, got {value}")
+
+
+def _check_weights(report: Problems, key: str, path: str, backbone: str) -> None:
+    """A ``pretrained`` file: present, readable as a state dict, and for the configured backbone."""
+    from .models import guess_backbone, read_state_dict
+
+    from .models.pretrained import IMAGENET, IMAGENET_URLS
+
+    if not path or (key == "segmentation.pretrained" and path == "classifier"):  # this run's classifier
+        return
+    if path == IMAGENET:
+        if backbone not in IMAGENET_URLS:
+            report.add(key, f"imagenet is downloadable for {', '.join(IMAGENET_URLS)}, not {backbone}: "
+                            f"give a weights file (docs/weights.md)")
+        return
+    if not Path(path).is_file():
+        report.add(path, f"weights file not found ({key})")
+        return
+    try:
+        state = read_state_dict(path)
+    except DataError as e:
+        report.add(e.path, f"{e.problem} ({key})")
+        return
+    theirs = guess_backbone(state.keys())
+    if theirs is not None and theirs != backbone:
+        report.add(path, f"weights are for backbone {theirs}, {key.rsplit('.', 1)[0]}.backbone is {backbone}")
+
+
+def _check_network(report: Problems, name: str, sec, *, resize: bool, files: bool) -> None:
+    from .models import BACKBONES
+
+    if sec.backbone not in BACKBONES:
+        report.add(f"{name}.backbone", f"unknown backbone '{sec.backbone}' (valid: {', '.join(BACKBONES)})")
+    else:
+        if files:
+            _check_weights(report, f"{name}.pretrained", sec.pretrained, sec.backbone)
+            if getattr(sec, "checkpoint", ""):
+                _check_weights(report, f"{name}.checkpoint", sec.checkpoint, sec.backbone)
+    if sec.output_stride not in (8, 16):
+        report.add(f"{name}.output_stride", f"must be 8 or 16, got {sec.output_stride}")
+    _at_least(report, f"{name}.epochs", sec.epochs, 1)
+    _at_least(report, f"{name}.batch_size", sec.batch_size, 1)
+    _at_least(report, f"{name}.crop_size", sec.crop_size, MIN_CROP, " pixels")
+    _positive(report, f"{name}.lr", sec.lr)
+    if sec.weight_decay < 0:
+        report.add(f"{name}.weight_decay", f"must not be negative, got {sec.weight_decay}")
+    if not 0 <= sec.momentum < 1:
+        report.add(f"{name}.momentum", f"must lie in [0, 1), got {sec.momentum}")
+    if sec.poly_power < 0:
+        report.add(f"{name}.poly_power", f"must not be negative, got {sec.poly_power}")
+    if sec.color_jitter < 0:
+        report.add(f"{name}.color_jitter", f"must not be negative, got {sec.color_jitter}")
+    if resize:
+        r = sec.resize_long
+        if r and (len(r) != 2 or not MIN_CROP <= r[0] <= r[1]):
+            report.add(f"{name}.resize_long", f"must be [] (no rescaling) or [low, high] with {MIN_CROP} <= low <= "
+                                              f"high, got {r}")
+
+
+def _check_scales(report: Problems, key: str, scales) -> None:
+    if not scales or any(not s > 0 for s in scales):
+        report.add(key, f"must be a non-empty list of positive scales, got {scales}")
+
+
+def config_problems(cfg: Config, report: Problems | None = None, *, files: bool = True) -> Problems:
+    """Every config value that a stage would reject late or that makes no sense, each as (key, problem).
+
+    The runner calls it before the first stage (``files=False``); ``affinitynet check`` also looks at
+    the files and the environment the config names (weights, label folders, the CRF binding).
+    """
+    from .data import DATASETS
+    from .data.voc import LABEL_SOURCES
+    from .dist import resolve_device
+    from .models import HEADS
+
+    report = report if report is not None else Problems()
+    d = cfg.data
+    if d.kind not in DATASETS:
+        report.add("data.kind", f"unknown dataset kind '{d.kind}' (valid: {', '.join(DATASETS)})")
+    if d.voc.labels_from not in LABEL_SOURCES:
+        report.add("data.voc.labels_from", f"must be one of {', '.join(LABEL_SOURCES)}, got '{d.voc.labels_from}'")
+    if d.kind == "synthetic":
+        from .data.synthetic import PATTERNS
+
+        syn = d.synthetic
+        _at_least(report, "data.synthetic.train", syn.train, 1)
+        _at_least(report, "data.synthetic.val", syn.val, 1)
+        _at_least(report, "data.synthetic.size", syn.size, MIN_SYNTH_SIZE, " pixels")
+        if not 1 <= syn.classes <= len(PATTERNS):
+            report.add("data.synthetic.classes", f"the synthetic set has 1 to {len(PATTERNS)} classes, "
+                                                 f"got {syn.classes}")
+
+    _check_network(report, "cam", cfg.cam, resize=True, files=files)
+    _check_scales(report, "cam.scales", cfg.cam.scales)
+    _check_network(report, "affinitynet", cfg.affinitynet, resize=True, files=files)
+    _at_least(report, "affinitynet.radius", cfg.affinitynet.radius, 1)
+    _check_network(report, "segmentation", cfg.segmentation, resize=False, files=files)
+    s = cfg.segmentation
+    if s.head not in HEADS:
+        report.add("segmentation.head", f"unknown segmentation head '{s.head}' (valid: {', '.join(HEADS)})")
+    if files and s.labels not in ("pseudo", "gt") and not Path(s.labels).is_dir():
+        report.add("segmentation.labels", f"must be pseudo, gt or a folder of label PNGs; {s.labels} is not a folder")
+    r = s.scale_range
+    if len(r) != 2 or not 0 < r[0] <= r[1]:
+        report.add("segmentation.scale_range", f"must be [low, high] with 0 < low <= high, got {r}")
+    _check_scales(report, "segmentation.test_scales", s.test_scales)
+
+    a = cfg.affinity_labels
+    _positive(report, "affinity_labels.alpha_low", a.alpha_low)
+    if not a.alpha_high > a.alpha_low:
+        report.add("affinity_labels.alpha_high", f"must be above alpha_low ({a.alpha_low}) so that confident "
+                                                 f"background is stricter than confident foreground, got {a.alpha_high}")
+    _at_least(report, "affinity_labels.workers", a.workers, 1)
+    if a.crf:
+        _at_least(report, "affinity_labels.crf_iters", a.crf_iters, 1)
+    if files and (a.crf or cfg.random_walk.crf or s.crf):
+        from .ops.crf import _densecrf
+
+        try:
+            _densecrf()
+        except AffinityNetError as e:
+            report.add("crf", str(e))
+
+    w = cfg.random_walk
+    _positive(report, "random_walk.alpha", w.alpha)
+    _positive(report, "random_walk.beta", w.beta)
+    _at_least(report, "random_walk.logt", w.logt, 0)
+    _at_least(report, "random_walk.radius", w.radius, 1)
+    _at_least(report, "random_walk.workers", w.workers, 1)
+    for key in ("cam.max_long_side", "random_walk.max_long_side", "segmentation.max_long_side",
+                "segmentation.test_max_long_side"):
+        section, name = key.split(".")
+        bound = getattr(cfg.section(section), name)
+        if bound != 0 and bound < MIN_CROP:
+            report.add(key, f"must be 0 (no bound) or at least {MIN_CROP} pixels, got {bound}")
+
+    e = cfg.eval
+    if not 0 < e.cam_bg_threshold < 1:
+        report.add("eval.cam_bg_threshold", f"must lie in (0, 1), got {e.cam_bg_threshold}")
+    if any(not 0 < t < 1 for t in e.cam_sweep):
+        report.add("eval.cam_sweep", f"thresholds must lie in (0, 1), got {e.cam_sweep}")
+    _at_least(report, "eval.report_images", e.report_images, 0)
+
+    rt = cfg.runtime
+    if files:
+        try:
+            resolve_device(rt.device)
+        except AffinityNetError as err:
+            report.add("runtime.device", str(err).split(": ", 1)[-1])
+    _at_least(report, "runtime.num_workers", rt.num_workers, 0)
+    _at_least(report, "runtime.threads", rt.threads, 0)
+    _at_least(report, "runtime.log_every", rt.log_every, 0)
+    return report
+
+
+def require_valid(cfg: Config) -> None:
+    """ConfigError listing every broken config value (files not opened), so no stage starts on a bad config."""
+    found = config_problems(cfg, files=False)
+    if found:
+        raise ConfigError("; ".join(f"{where}: {problem}" for where, problem in found))

@@ -1,0 +1,68 @@
+"""How each stage's result is shown: its line in the run table and its column in the report's pictures.
+
+Read from the files the stages wrote (``metrics.json`` entries, label PNGs, CAM files); nothing here
+runs a network, so the report and the demo table import no model code. Keyed by stage name; a stage
+without an entry is left out of the table and the pictures.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+
+from .io import load_label_png, load_npz
+from .layout import RunLayout
+from .visualize import cam_overlay, confident_colours, label_colours
+
+
+@dataclass(frozen=True)
+class View:
+    """``rows(metrics) -> [(measure, value)]``, headline first; ``picture(layout, name, image) -> (rgb, nearest)``."""
+
+    title: str
+    rows: Callable[[dict], list[tuple[str, object]]]
+    picture: Callable[[RunLayout, str, np.ndarray], tuple[np.ndarray, bool] | None] | None = None
+
+
+def _pct(v) -> str:
+    return "-" if v is None else f"{v:.1f}"
+
+
+def _label_picture(path_of, colours):
+    def picture(layout: RunLayout, name: str, image: np.ndarray):
+        path = path_of(layout, name)
+        return (colours(load_label_png(path)), True) if path.is_file() else None
+    return picture
+
+
+def _cam_picture(layout: RunLayout, name: str, image: np.ndarray):
+    path = layout.cam(name)
+    return (cam_overlay(image, load_npz(path)["cams"].astype(np.float32)), False) if path.is_file() else None
+
+
+def _cam_rows(m: dict):
+    rows = [(f"{m.get('split', 'train')} mIoU, bg threshold {m.get('threshold', '-')}", m.get("miou"))]
+    if "miou_best" in m:
+        rows.append((f"best of the sweep (threshold {m.get('best_threshold')}, chosen on these images)",
+                     m["miou_best"]))
+    return rows
+
+
+VIEWS = {
+    "train_cam": View("classifier", lambda m: [("val mAP (%)", m.get("map"))]),
+    "make_cam": View("CAM labels", _cam_rows, _cam_picture),
+    "make_affinity_labels": View(
+        "confident regions",
+        lambda m: [("fg / bg precision, ignored (%)",
+                    f"{_pct(m.get('fg_precision'))} / {_pct(m.get('bg_precision'))}, {_pct(m.get('ignored'))}")],
+        _label_picture(RunLayout.affinity_label, confident_colours)),
+    "train_affinitynet": View("AffinityNet", lambda m: [("val pair AP (%)", m.get("ap"))]),
+    "random_walk": View("random walk", lambda m: [(f"{m.get('split', 'train')} mIoU", m.get("miou"))],
+                        _label_picture(RunLayout.pseudo_label, label_colours)),
+    "train_segmentation": View(
+        "segmentation network",
+        lambda m: [("val mIoU, single scale", m["val_miou_single_scale"])] if "val_miou_single_scale" in m else []),
+    "segment": View("segmentation", lambda m: [(f"{m.get('split', 'val')} mIoU", m.get("miou"))],
+                    _label_picture(RunLayout.preview, label_colours)),
+}
