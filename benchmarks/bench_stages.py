@@ -152,8 +152,11 @@ def train_rows(stage: str, cfg, device, args) -> list[dict]:
 
         try:
             seconds = timed(step, device, args.steps)
-        except RuntimeError as e:  # e.g. an autocast dtype this CPU build does not support
+        except RuntimeError as e:  # out of memory, or an autocast dtype this CPU build does not support
             rows.append({"variant": name, "error": str(e).splitlines()[0][:80]})
+            del model, optimizer, net
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
             continue
         rows.append({"variant": name, "images_per_s": batch / seconds, "batch": batch, "size": f"{size}x{size}"})
         del model, optimizer, net
