@@ -1,4 +1,4 @@
-"""CAM inference and normalisation, background scores, grid pooling, confident regions (DESIGN.md 2.1, 2.2)."""
+"""CAM inference and normalisation, background scores, grid pooling, confident regions."""
 import math
 
 import numpy as np

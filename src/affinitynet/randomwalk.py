@@ -1,4 +1,4 @@
-"""Public random-walk contract (DESIGN.md 6): ``propagate(cam, feat, *, radius=5, beta=8, logt=8)`` and its pieces."""
+"""The public random walk (docs/randomwalk.md): ``propagate(cam, feat, *, radius=5, beta=8, logt=8)`` and its pieces."""
 from affinitynet.ops.affinity import pair_affinity
 from affinitynet.ops.pairs import pair_indices
 from affinitynet.ops.randomwalk import (

@@ -1,4 +1,4 @@
-"""Pair affinities from an embedding, the AffinityNet loss and its average precision (DESIGN.md 2.3)."""
+"""Pair affinities from an embedding, the AffinityNet loss and its average precision (Ahn & Kwak, CVPR 2018)."""
 from __future__ import annotations
 
 import torch

@@ -1,6 +1,6 @@
 """Confident foreground / background regions from normalised CAMs, and their labels on the feature grid.
 
-DESIGN.md 2.2. Pure array functions: the make_affinity_labels stage does the reading and writing.
+As in AffinityNet (Ahn & Kwak, CVPR 2018). Pure array functions: the make_affinity_labels stage does the reading and writing.
 """
 from __future__ import annotations
 

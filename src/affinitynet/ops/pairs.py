@@ -1,4 +1,4 @@
-"""Pixel pairs within a radius on the feature grid (DESIGN.md 2.2): offsets, flat indices, pair labels."""
+"""Pixel pairs within a radius on the feature grid (Ahn & Kwak, CVPR 2018): offsets, flat indices, pair labels."""
 from __future__ import annotations
 
 import functools

@@ -1,4 +1,4 @@
-"""Random walk on the pair-affinity graph of the feature grid (DESIGN.md 2.4), sparse and exact.
+"""Random walk on the pair-affinity graph of the feature grid (docs/randomwalk.md), sparse and exact.
 
 The transition matrix is T = A^beta D^-1 (A: pair affinities both ways, 1 on the diagonal, 0 elsewhere;
 D: column sums), and the CAM stack v (K, N) is propagated t = 2^logt steps, v <- v T.
