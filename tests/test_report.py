@@ -264,3 +264,19 @@ def test_read_history_skips_a_cut_line(tmp_path):
     p = tmp_path / "history.jsonl"
     p.write_text('{"kind": "step", "step": 1, "loss": 0.5}\n\n{"kind": "step", "st')
     assert read_history(p) == [{"kind": "step", "step": 1, "loss": 0.5}]
+
+
+def test_demo_table_has_each_scored_stage_and_the_times(tmp_path):
+    from affinitynet.commands.demo import demo_table
+    from affinitynet.runner import StageResult
+
+    write_json(tmp_path / "metrics.json", METRICS)
+    results = [StageResult(n, "done", s) for n, s in STAGE_SECONDS.items()]
+    table = demo_table(tmp_path, results).splitlines()
+    assert table[0].split() == ["stage", "measure", "value", "time"]
+    rows = {line[:19].strip(): line for line in table[2:]}
+    assert "91.2" in rows["classifier"] and "12.0s" in rows["classifier"]
+    assert "bg threshold 0.2" in rows["CAM labels"] and "47.9" in rows["CAM labels"]
+    assert "88.4 / 96.2, 37.7" in rows["confident regions"] and "83.2" in rows["AffinityNet"]
+    assert "58.1" in rows["random walk"] and "61.7" in rows["segmentation"] and "2.0s" in rows["segmentation"]
+    assert "78.8s" in rows["total"]

@@ -5,10 +5,10 @@ from pathlib import Path
 
 from .. import config
 from ..io import read_json
-from ..layout import RunLayout
+from ..layout import FOLDERS, RunLayout
 from ..logs import LOG
 from ..runner import run_pipeline
-from ..stages import STAGES
+from ..views import VIEWS
 
 
 def _value(v) -> str:
@@ -23,11 +23,11 @@ def demo_table(run_dir: Path, results) -> str:
     metrics = read_json(layout.metrics) if layout.metrics.exists() else {}
     secs = {r.name: r.seconds for r in results}
     rows = []
-    for spec in STAGES:
-        lines = spec.rows(metrics.get(spec.folder, {})) if spec.rows else []
+    for stage, view in VIEWS.items():
+        lines = view.rows(metrics[FOLDERS[stage]]) if FOLDERS[stage] in metrics else []
         if lines:
             measure, value = lines[0]
-            rows.append((spec.title, measure, _value(value), secs.get(spec.name, 0.0)))
+            rows.append((view.title, measure, _value(value), secs.get(stage, 0.0)))
     head = ("stage", "measure", "value", "time")
     w = [max(len(str(r[i])) for r in rows + [head]) for i in range(3)]
     out = [f"{head[0]:<{w[0]}}  {head[1]:<{w[1]}}  {head[2]:>{w[2]}}  {head[3]:>7}", "-" * (sum(w) + 13)]
