@@ -15,7 +15,8 @@ from affinitynet.io import save_label_png
 from affinitynet.models import AffinityNet, Classifier, ResNet38, TinyNet, read_state_dict
 from affinitynet.context import StageContext
 from affinitynet.runner import load_manifest
-from affinitynet.stages.common import save_cam, scoring_set
+from affinitynet.io import save_cam
+from affinitynet.stages.common import scoring_set
 from affinitynet.stages.make_cam import evaluate_cams
 
 VOC20 = ["aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow", "diningtable",

@@ -13,11 +13,10 @@ from PIL import Image
 
 from affinitynet import config
 from affinitynet.data.synthetic import generate
-from affinitynet.io import load_label_png, save_label_png, write_json
+from affinitynet.io import load_label_png, save_cam, save_label_png, write_json
 from affinitynet.report import render_report, write_report
 from affinitynet.report.charts import Series, nice_ticks, png_data_uri, svg_bar_chart, svg_line_chart
 from affinitynet.report.sections import read_history
-from affinitynet.stages.common import save_cam
 from affinitynet.visualize import confident_colours, label_colours, thumbnail
 
 METRICS = {

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import tempfile
@@ -189,7 +190,20 @@ def save_npz(path, compressed: bool = False, **arrays) -> None:
 
 
 def file_sha256(path) -> str:
-    """Hex sha256 of a file's bytes (read in 1 MiB blocks); a missing file raises DataError naming it."""
+    """Hex sha256 of a file's bytes; a missing file raises DataError naming it.
+
+    Remembered per process for an unchanged file (same size, modification time and inode): a run hashes
+    a given checkpoint for its stage's identity and again when the stage adopts it.
+    """
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise DataError(path, "file not found") from None
+    return _sha256_of(str(Path(path).resolve()), st.st_size, st.st_mtime_ns, st.st_ino)
+
+
+@functools.lru_cache(maxsize=32)
+def _sha256_of(path: str, size: int, mtime_ns: int, inode: int) -> str:
     import hashlib
 
     h = hashlib.sha256()
@@ -211,3 +225,14 @@ def load_npz(path) -> dict[str, np.ndarray]:
         raise DataError(path, "file not found") from None
     except Exception as e:
         raise DataError(path, f"cannot read .npz ({e})") from None
+
+
+def save_cam(path, keys, maps) -> None:
+    """Write one image's CAMs: keys (C',) class ids and maps (C', H, W) in [0, 1] (tensors), as int16 / float16 ``.npz``."""
+    save_npz(path, keys=keys.cpu().numpy().astype(np.int16), cams=maps.cpu().numpy().astype(np.float16))
+
+
+def load_cam(path) -> tuple[np.ndarray, np.ndarray]:
+    """(keys (C',) int64 class ids 1..C, maps (C', H, W) float32) of one image's CAM file."""
+    z = load_npz(path)
+    return z["keys"].astype(np.int64), z["cams"].astype(np.float32)

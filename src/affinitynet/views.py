@@ -11,7 +11,7 @@ from typing import Callable
 
 import numpy as np
 
-from .io import load_label_png, load_npz
+from .io import load_cam, load_label_png
 from .layout import RunLayout
 from .visualize import cam_overlay, confident_colours, label_colours
 
@@ -38,7 +38,7 @@ def _label_picture(path_of, colours):
 
 def _cam_picture(layout: RunLayout, name: str, image: np.ndarray):
     path = layout.cam(name)
-    return (cam_overlay(image, load_npz(path)["cams"].astype(np.float32)), False) if path.is_file() else None
+    return (cam_overlay(image, load_cam(path)[1]), False) if path.is_file() else None
 
 
 def _cam_rows(m: dict):

@@ -50,17 +50,6 @@ def save_rgb(path: Path, rgb: np.ndarray) -> None:
         Image.fromarray(rgb).save(tmp, format="PNG")
 
 
-def save_cam_overlays(ctx, names) -> None:
-    """``cam/overlays/{name}.png``: the image beside its CAM heat map, for the first few images."""
-    from .stages.common import load_cam
-
-    ds = ctx.train_set
-    for name in names:
-        image = ds.load_image(name)
-        _, maps = load_cam(ctx.run_dir, name)
-        save_rgb(ctx.path("cam", "overlays", f"{name}.png"), np.concatenate([image, cam_overlay(image, maps)], 1))
-
-
 def confident_colours(label: np.ndarray, void: tuple[int, int, int] = (232, 232, 232)) -> np.ndarray:
     """(H, W) class ids with 255 = ignored -> (H, W, 3) uint8 VOC colours, ignored pixels in light grey."""
     out = label_colours(label)

@@ -135,6 +135,12 @@ def normalize_cams(cams: torch.Tensor, labels) -> tuple[torch.Tensor, torch.Tens
     return (idx + 1).to(torch.long), maps
 
 
+def class_lut(keys) -> torch.Tensor:
+    """(C',) class ids (array or tensor) -> (1 + C',) long lookup: channel of a [background, CAMs] stack -> class id."""
+    keys = torch.as_tensor(np.asarray(keys) if not isinstance(keys, torch.Tensor) else keys).to("cpu", torch.long)
+    return torch.cat([torch.zeros(1, dtype=torch.long), keys.reshape(-1)])
+
+
 def background_score(maps: torch.Tensor, alpha: float) -> torch.Tensor:
     """(C', H, W) normalised CAMs -> (H, W) background score (1 - max_c maps)^alpha; all ones when C' = 0."""
     if maps.shape[0] == 0:

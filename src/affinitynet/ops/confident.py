@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .cam import cam_scores_with_bg, pool_to_grid
+from .cam import cam_scores_with_bg, class_lut, pool_to_grid
 from .crf import dense_crf
 
 from ..conventions import IGNORE
@@ -105,7 +105,7 @@ def confident_labels(
         raise ValueError(f"maps of shape {tuple(m.shape)} do not match image {image.shape}")
     if m.shape[0] and (keys_t.min() < 1 or keys_t.max() >= IGNORE):
         raise ValueError(f"class ids must lie in 1..254, got {keys_t.tolist()}")
-    lut = torch.cat([torch.zeros(1, dtype=torch.long), keys_t])  # argmax channel -> class id
+    lut = class_lut(keys_t)
 
     if crf:
         la, ha = confident_scores(image, m, alpha_low=alpha_low, alpha_high=alpha_high, crf_params=crf_params)

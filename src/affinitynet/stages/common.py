@@ -3,22 +3,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from ..errors import StageError
-from ..io import load_npz, save_npz
-
-
-def save_cam(path: Path, keys: torch.Tensor, maps: torch.Tensor) -> None:
-    """Write one image's normalised CAMs (present classes only) at image size as float16 (``RunLayout.cam``)."""
-    save_npz(path, keys=keys.cpu().numpy().astype(np.int16), cams=maps.cpu().numpy().astype(np.float16))
-
-
-def load_cam(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    """(keys (C',) int64 class ids 1..C, maps (C', H, W) float32) of one image's CAM file."""
-    z = load_npz(path)
-    return z["keys"].astype(np.int64), z["cams"].astype(np.float32)
 
 
 def stride_grid(h: int, w: int, stride: int) -> tuple[tuple[int, int], tuple[int, int, int, int]]:
@@ -27,14 +14,19 @@ def stride_grid(h: int, w: int, stride: int) -> tuple[tuple[int, int], tuple[int
     return (gh, gw), (0, gw * stride - w, 0, gh * stride - h)
 
 
+def scoring_split(ctx) -> str:
+    """The split that scores the training split's labels: ``eval.score_split``, or the training split itself."""
+    return ctx.cfg.eval.score_split or ctx.cfg.data.train_split
+
+
 def scoring_set(ctx):
-    """The dataset whose images and masks score the training split's labels: ``eval.score_split`` or the split itself.
+    """The dataset of ``scoring_split``: its images and masks score the training split's labels.
 
     VOC's protocol runs the stages on train_aug and scores the pseudo labels on train (1,464 images);
     every image of the scoring split must belong to the training split.
     """
-    split = ctx.cfg.eval.score_split
-    if not split or split == ctx.cfg.data.train_split:
+    split = scoring_split(ctx)
+    if split == ctx.cfg.data.train_split:
         return ctx.train_set
     scored = ctx.dataset(split)
     outside = sorted(set(scored.names) - set(ctx.train_set.names))

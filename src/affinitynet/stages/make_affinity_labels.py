@@ -17,10 +17,10 @@ import numpy as np
 
 import torch
 
-from ..io import load_label_png, load_npz, save_label_png, save_npz, write_json
+from ..io import load_cam, load_label_png, load_npz, save_label_png, save_npz, write_json
+from ..ops.cam import class_lut
 from ..ops.confident import confident_labels, confident_scores, labels_from_scores
 from ..layout import RunLayout
-from .common import load_cam
 
 
 def load_scores(path: Path) -> np.ndarray:
@@ -49,8 +49,7 @@ class _Labeller:
                                       crf_params=crf_params)
             save_npz(self.layout.affinity_scores(name), compressed=True, keys=keys.astype(np.int16),
                      la=la.numpy().astype(np.float16), ha=ha.numpy().astype(np.float16))
-            lut = torch.cat([torch.zeros(1, dtype=torch.long), torch.from_numpy(keys)])
-            label = labels_from_scores(la, ha, lut).to(torch.uint8).numpy()
+            label = labels_from_scores(la, ha, class_lut(keys)).to(torch.uint8).numpy()
         else:
             label = confident_labels(image, keys, maps, alpha_low=c.alpha_low, alpha_high=c.alpha_high,
                                      crf=c.crf, crf_params=crf_params, fg_threshold=c.fg_threshold,

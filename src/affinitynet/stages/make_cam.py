@@ -14,11 +14,11 @@ from __future__ import annotations
 import numpy as np
 
 from ..accel import SameSizeBatches
-from ..io import write_json
+from ..io import load_cam, save_cam, write_json
 from ..ops.metrics import cam_sweep, scores
 from ..visualize import cam_overlay
 from .cam_sources import cam_source
-from .common import load_cam, save_cam, scoring_set
+from .common import scoring_set, scoring_split
 
 
 def evaluate_cams(ctx, names=None) -> dict:
@@ -40,7 +40,7 @@ def evaluate_cams(ctx, names=None) -> dict:
     default = thresholds.index(ctx.cfg.eval.cam_bg_threshold)
     result = dict(per[default])
     result.update(threshold=thresholds[default], best_threshold=thresholds[best], miou_best=per[best]["miou"],
-                  images=len(names), split=ctx.cfg.eval.score_split or ctx.cfg.data.train_split,
+                  images=len(names), split=scoring_split(ctx),
                   sweep={f"{t:g}": round(p["miou"], 2) for t, p in zip(thresholds, per)})
     return result
 
@@ -68,11 +68,11 @@ def run(ctx) -> dict:
     layout = ctx.layout
     source = cam_source(ctx)
 
-    def work(name: str) -> None:
+    def one_image(name: str) -> None:
         save_cam(layout.cam(name), *source(name, ds.load_image(name), ds.load_labels(name)))
 
-    if ctx.cfg.runtime.batch_images > 1 and hasattr(source, "batch"):
-        work = same_size_batches(ctx, ds, source, layout.cam)
+    batched = ctx.cfg.runtime.batch_images > 1 and hasattr(source, "batch")
+    work = same_size_batches(ctx, ds, source, layout.cam) if batched else one_image
 
     counts = ctx.map_images(ds.names, layout.cam, work, desc="make_cam", image_of=ds.image_path,
                             memory_key="cam.max_long_side")

@@ -16,13 +16,13 @@ import torch.nn.functional as F
 
 from ..conventions import normalize_image
 from ..scoring import score_labels
-from ..io import save_label_png, write_json
+from ..io import load_cam, save_label_png, write_json
 from ..layout import RunLayout
 from ..ops.bound import bound_factor
-from ..ops.cam import cam_scores_with_bg
+from ..ops.cam import cam_scores_with_bg, class_lut
 from ..randomwalk import propagate_with_affinity
 from .affinity_sources import AffinitySource, affinity_source
-from .common import load_cam, scoring_set, stride_grid
+from .common import scoring_set, scoring_split, stride_grid
 
 
 def walk_scores(source: AffinitySource, image: np.ndarray, keys: np.ndarray, maps: np.ndarray, cfg,
@@ -59,8 +59,7 @@ def walk_scores(source: AffinitySource, image: np.ndarray, keys: np.ndarray, map
 
 def scores_to_label(scores: torch.Tensor, keys: np.ndarray) -> np.ndarray:
     """(1 + C', H, W) scores, (C',) class ids -> (H, W) uint8 class-id map."""
-    lut = np.concatenate([[0], keys]).astype(np.uint8)
-    return lut[scores.argmax(0).numpy()]
+    return class_lut(keys).numpy().astype(np.uint8)[scores.argmax(0).numpy()]
 
 
 @dataclass
@@ -101,7 +100,7 @@ def run(ctx) -> dict:
     if ctx.is_main and ds.has_masks:
         result = score_labels(layout.pseudo_label, scoring_set(ctx), progress=ctx.progress,
                                  desc="pseudo-label mIoU")
-        result["split"] = ctx.cfg.eval.score_split or ctx.cfg.data.train_split
+        result["split"] = scoring_split(ctx)
         write_json(layout.stage_metrics(ctx.stage), result)
         summary["miou"] = round(result["miou"], 2)
     return summary
