@@ -7,10 +7,12 @@ RUN_DIR/
   cam/               make_cam: {name}.npz, overlays/{name}.png, metrics.json
   affinity_labels/   make_affinity_labels: {name}.png (and {name}.npz score stacks), metrics.json
   affinitynet/       train_affinitynet: like classifier/
-  random_walk/       random_walk: {name}.png pseudo labels (and {name}.npz scores), metrics.json
+  random_walk/       random_walk: {name}.png pseudo labels, scores/{name}.npz propagated scores on the grid,
+                     affinity/{name}.npz pair affinities (random_walk.cache_affinity), metrics.json
   deeplab/           train_segmentation: like classifier/
   segmentation/      segment: {name}.png predictions of the evaluation split, preview/{name}.png
-                     (the report's training images), metrics.json
+                     (the report's training images), crf/{name}.png (eval.crf_rows), metrics.json
+  sweeps/            affinitynet sweep: {stage}_{param}.json and .png (mIoU per value)
 
 Folder names are the stages' concept nouns; the metrics key of a folder is its name
 (``metrics.json`` holds ``cam``, ``random_walk``, ``segmentation``, ...).
@@ -108,6 +110,22 @@ class RunLayout:
     def pseudo_label(self, name: str) -> Path:
         """``random_walk/{name}.png``: the pseudo label of a training image."""
         return self.root / "random_walk" / f"{name}.png"
+
+    def walk_scores(self, name: str) -> Path:
+        """``random_walk/scores/{name}.npz``: keys (C',), propagated scores (1 + C', h, w) on the walk's grid, sizes."""
+        return self.root / "random_walk" / "scores" / f"{name}.npz"
+
+    def walk_affinity(self, name: str) -> Path:
+        """``random_walk/affinity/{name}.npz``: the pair affinities (P,) the walk used, and its grid."""
+        return self.root / "random_walk" / "affinity" / f"{name}.npz"
+
+    def prediction_crf(self, name: str) -> Path:
+        """``segmentation/crf/{name}.png``: the segmentation label after a dense CRF (``eval.crf_rows``)."""
+        return self.root / "segmentation" / "crf" / f"{name}.png"
+
+    def sweep(self, stage: str, param: str, suffix: str = ".json") -> Path:
+        """``sweeps/{stage}_{param}.json`` (or ``.png``): an ``affinitynet sweep`` result."""
+        return self.root / "sweeps" / f"{stage}_{param}{suffix}"
 
     def prediction(self, name: str) -> Path:
         """``segmentation/{name}.png``: the segmentation network's label of an evaluation image."""

@@ -78,6 +78,7 @@ class CamConfig:
     crop_pad: str = "mean"  # crop padding: mean (0 after normalisation) | black (pixel 0, cropped before normalising)
     # make_cam (inference only: changing these does not retrain)
     method: str = "classifier"  # where CAMs come from (affinitynet.stages.cam_sources.CAM_SOURCES)
+    import_dir: str = ""  # method import_irn / import_psa: the folder of another method's {name}.npy CAM files
     scales: list[float] = field(default_factory=lambda: [1.0, 0.5, 1.5, 2.0])
     flip: bool = True
     batch_scales: bool = True  # batch the flipped pair and share one forward per scale
@@ -141,6 +142,7 @@ class RandomWalkConfig:
     radius: int = 5
     reference_pairs: bool = False  # reproduce the reference code's border-trimmed pair set
     crf: bool = False  # dense CRF on the propagated scores
+    cache_affinity: bool = False  # keep each image's pair affinities (random_walk/affinity/): sweeps of alpha, beta, logt
     workers: int = 1
     max_long_side: int = 1000  # long side of AffinityNet's input (after scale); larger images shrink (0: no bound)
 
@@ -181,6 +183,7 @@ class EvalConfig:
     score_split: str = ""  # score CAM / pseudo-label rows on this split's images (e.g. train while stages ran on train_aug)
     cam_sweep: list[float] = field(default_factory=lambda: [round(0.05 * i, 2) for i in range(1, 13)])
     report_images: int = 6  # images shown side by side in report.html
+    crf_rows: bool = False  # also score CAM + CRF, random walk + CRF, segmentation + CRF (dense CRF on the soft scores)
 
 
 @dataclass

@@ -4,7 +4,10 @@ As in the released code: the image is padded to a multiple of the stride, the af
 (``random_walk.affinity``, ``stages/affinity_sources.py``; AffinityNet by default) gives the affinities of
 the pairs within the radius, the score stack [(1 - max CAM)^alpha, CAMs] is zero-padded and
 average-pooled to the grid, propagated (``affinitynet.randomwalk``), upsampled bilinearly, cropped back
-and argmaxed.
+and argmaxed. The propagated scores stay on the grid in ``random_walk/scores/{name}.npz`` (float32, present
+classes only, ~40 KB per VOC image) so that later steps (the CRF row, exports with a confidence threshold)
+relabel without the network; with ``random_walk.cache_affinity`` the pair affinities are kept too, so
+``affinitynet sweep`` re-walks at other alpha / beta / logt without running the affinity source again.
 """
 from __future__ import annotations
 
@@ -16,13 +19,73 @@ import torch.nn.functional as F
 
 from ..conventions import normalize_image
 from ..scoring import score_labels
-from ..io import load_cam, save_label_png, write_json
+from ..io import load_cam, load_npz, save_label_png, save_npz, write_json
 from ..layout import RunLayout
 from ..ops.bound import bound_factor
 from ..ops.cam import cam_scores_with_bg, class_lut
 from ..randomwalk import propagate_with_affinity
 from .affinity_sources import AffinitySource, affinity_source
 from .common import scoring_set, scoring_split, stride_grid
+
+
+@dataclass(frozen=True)
+class WalkGrid:
+    """Where one image's walk runs: image size (H, W), scaled size (sh, sw), grid (gh, gw) of ``stride`` pixels."""
+
+    size: tuple[int, int]
+    scaled: tuple[int, int]
+    grid: tuple[int, int]
+    stride: int
+    pad: tuple[int, int, int, int]
+    shrunk: bool  # below cfg.scale because of the size bound: resized with antialiasing
+
+
+def walk_grid(h: int, w: int, cfg, stride: int) -> WalkGrid:
+    """The walk's geometry for an h x w image: ``cfg.scale``, less when the long side would exceed ``cfg.max_long_side``."""
+    s = cfg.scale * bound_factor(h, w, cfg.max_long_side, cfg.scale)
+    sh, sw = max(1, round(h * s)), max(1, round(w * s))
+    grid, pad = stride_grid(sh, sw, stride)
+    return WalkGrid((h, w), (sh, sw), grid, stride, pad, s < cfg.scale)
+
+
+def _at_scale(g: WalkGrid, x: torch.Tensor) -> torch.Tensor:
+    """(C, H, W) -> (1, C, gh * stride, gw * stride): resized to the scaled size, zero-padded to the grid."""
+    x = x.unsqueeze(0)
+    if g.scaled != g.size:
+        x = F.interpolate(x, size=g.scaled, mode="bilinear", align_corners=False, antialias=g.shrunk)
+    return F.pad(x, g.pad)
+
+
+def grid_scores(g: WalkGrid, maps: np.ndarray, alpha: float) -> torch.Tensor:
+    """(C', H, W) CAMs -> (1, 1 + C', gh, gw) walk input: [(1 - max CAM)^alpha, CAMs] average-pooled to the grid."""
+    return F.avg_pool2d(_at_scale(g, cam_scores_with_bg(torch.from_numpy(maps), alpha)), g.stride, g.stride)
+
+
+def walk_from_affinity(g: WalkGrid, maps: np.ndarray, aff: torch.Tensor, cfg, device) -> torch.Tensor:
+    """(C', H, W) CAMs, (1, P) pair affinities on ``g``'s grid -> (1, 1 + C', gh, gw) propagated scores on the CPU."""
+    with torch.inference_mode():
+        out = propagate_with_affinity(grid_scores(g, maps, cfg.alpha).to(device), aff.to(device), *g.grid,
+                                      cfg.radius, beta=cfg.beta, logt=cfg.logt, reference_pairs=cfg.reference_pairs)
+    return out.cpu()
+
+
+def grid_to_image(out: torch.Tensor, size, scaled, stride: int) -> torch.Tensor:
+    """(1, K, gh, gw) grid scores -> (K, H, W): upsampled bilinearly, cropped to the scaled size, resized to the image."""
+    gh, gw = out.shape[-2:]
+    with torch.inference_mode():
+        out = F.interpolate(out.float(), size=(gh * stride, gw * stride), mode="bilinear", align_corners=False)
+        out = out[:, :, :scaled[0], :scaled[1]]
+        if tuple(scaled) != tuple(size):
+            out = F.interpolate(out, size=tuple(size), mode="bilinear", align_corners=False)
+    return out[0]
+
+
+def walk(source: AffinitySource, image: np.ndarray, maps: np.ndarray, cfg, device):
+    """(H, W, 3) image, (C', H, W) CAMs -> (grid, (1, P) affinities, (1, 1 + C', gh, gw) propagated scores)."""
+    g = walk_grid(*image.shape[:2], cfg, source.stride)
+    x = _at_scale(g, normalize_image(image, *source.mean_std())).to(device)
+    aff = source(x, cfg.radius, cfg.reference_pairs)
+    return g, aff, walk_from_affinity(g, maps, aff, cfg, device)
 
 
 def walk_scores(source: AffinitySource, image: np.ndarray, keys: np.ndarray, maps: np.ndarray, cfg,
@@ -32,34 +95,35 @@ def walk_scores(source: AffinitySource, image: np.ndarray, keys: np.ndarray, map
     The walk runs at ``cfg.scale``, less for an image whose long side would exceed ``cfg.max_long_side``
     (shrunk with antialiasing); the scores come back at image size.
     """
-    h, w = image.shape[:2]
-    s = cfg.scale * bound_factor(h, w, cfg.max_long_side, cfg.scale)
-    sh, sw = max(1, round(h * s)), max(1, round(w * s))
-    stride = source.stride
-    (gh, gw), pad = stride_grid(sh, sw, stride)
-
-    def at_scale(x):  # (C, H, W) -> (1, C, gh * stride, gw * stride): resized, zero-padded
-        x = x.unsqueeze(0)
-        if (sh, sw) != (h, w):
-            x = F.interpolate(x, size=(sh, sw), mode="bilinear", align_corners=False, antialias=s < cfg.scale)
-        return F.pad(x, pad)
-
-    x = at_scale(normalize_image(image, *source.mean_std())).to(device)
-    scores = F.avg_pool2d(at_scale(cam_scores_with_bg(torch.from_numpy(maps), cfg.alpha)), stride, stride).to(device)
-    aff = source(x, cfg.radius, cfg.reference_pairs)
-    with torch.inference_mode():
-        out = propagate_with_affinity(scores, aff, gh, gw, cfg.radius, beta=cfg.beta, logt=cfg.logt,
-                                      reference_pairs=cfg.reference_pairs)
-        out = F.interpolate(out, size=(gh * stride, gw * stride), mode="bilinear", align_corners=False)
-        out = out[:, :, :sh, :sw]
-        if (sh, sw) != (h, w):
-            out = F.interpolate(out, size=(h, w), mode="bilinear", align_corners=False)
-    return out[0].cpu()
+    g, _, out = walk(source, image, maps, cfg, device)
+    return grid_to_image(out, g.size, g.scaled, g.stride)
 
 
 def scores_to_label(scores: torch.Tensor, keys: np.ndarray) -> np.ndarray:
     """(1 + C', H, W) scores, (C',) class ids -> (H, W) uint8 class-id map."""
     return class_lut(keys).numpy().astype(np.uint8)[scores.argmax(0).numpy()]
+
+
+def walk_label(scores: torch.Tensor, keys: np.ndarray, image: np.ndarray, crf: bool) -> np.ndarray:
+    """(1 + C', H, W) scores -> (H, W) uint8 pseudo label, after a dense CRF on the RGB image when ``crf``."""
+    if crf:
+        from ..ops.crf import dense_crf
+
+        scores = torch.from_numpy(dense_crf(image, scores.clamp_min(0).numpy()))
+    return scores_to_label(scores, keys)
+
+
+def save_walk(path, g: WalkGrid, keys: np.ndarray, out: torch.Tensor, **extra) -> None:
+    """One image's propagated grid scores (float32, present classes only) and the sizes that bring them to the image."""
+    save_npz(path, keys=np.asarray(keys, dtype=np.int16), scores=out[0].numpy().astype(np.float32),
+             size=np.array(g.size), scaled=np.array(g.scaled), stride=np.array(g.stride), **extra)
+
+
+def load_walk_scores(path) -> tuple[np.ndarray, torch.Tensor]:
+    """(keys (C',), scores (1 + C', H, W) at image size) of a ``random_walk/scores/{name}.npz`` file."""
+    z = load_npz(path)
+    out = torch.from_numpy(z["scores"]).unsqueeze(0)
+    return z["keys"].astype(np.int64), grid_to_image(out, z["size"].tolist(), z["scaled"].tolist(), int(z["stride"]))
 
 
 @dataclass
@@ -80,12 +144,14 @@ class _Walker:
     def __call__(self, name: str) -> None:
         image = self.dataset.load_image(name)
         keys, maps = load_cam(self.layout.cam(name))
-        scores = walk_scores(self.source(), image, keys, maps, self.cfg.random_walk, self.device)
-        if self.cfg.random_walk.crf:
-            from ..ops.crf import dense_crf
-
-            scores = torch.from_numpy(dense_crf(image, scores.clamp_min(0).numpy()))
-        save_label_png(self.layout.pseudo_label(name), scores_to_label(scores, keys))
+        cfg = self.cfg.random_walk
+        g, aff, out = walk(self.source(), image, maps, cfg, self.device)
+        if cfg.cache_affinity:
+            save_npz(self.layout.walk_affinity(name), aff=aff.cpu().numpy().astype(np.float32).reshape(-1),
+                     grid=np.array(g.grid), stride=np.array(g.stride))
+        save_walk(self.layout.walk_scores(name), g, keys, out)
+        scores = grid_to_image(out, g.size, g.scaled, g.stride)
+        save_label_png(self.layout.pseudo_label(name), walk_label(scores, keys, image, cfg.crf))
 
 
 def run(ctx) -> dict:
