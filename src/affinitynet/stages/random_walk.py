@@ -61,10 +61,17 @@ def grid_scores(g: WalkGrid, maps: np.ndarray, alpha: float) -> torch.Tensor:
     return F.avg_pool2d(_at_scale(g, cam_scores_with_bg(torch.from_numpy(maps), alpha)), g.stride, g.stride)
 
 
-def walk_from_affinity(g: WalkGrid, maps: np.ndarray, aff: torch.Tensor, cfg, device) -> torch.Tensor:
-    """(C', H, W) CAMs, (1, P) pair affinities on ``g``'s grid -> (1, 1 + C', gh, gw) propagated scores on the CPU."""
+def walk_from_affinity(g: WalkGrid, maps: np.ndarray, aff: torch.Tensor, cfg, device,
+                       weight: torch.Tensor | None = None) -> torch.Tensor:
+    """(C', H, W) CAMs, (1, P) pair affinities on ``g``'s grid -> (1, 1 + C', gh, gw) propagated scores on the CPU.
+
+    ``weight`` (1, 1, gh, gw), from sources that give one, multiplies the score stack before the walk.
+    """
     with torch.inference_mode():
-        out = propagate_with_affinity(grid_scores(g, maps, cfg.alpha).to(device), aff.to(device), *g.grid,
+        scores = grid_scores(g, maps, cfg.alpha).to(device)
+        if weight is not None:
+            scores = scores * weight.to(device, scores.dtype)
+        out = propagate_with_affinity(scores, aff.to(device), *g.grid,
                                       cfg.radius, beta=cfg.beta, logt=cfg.logt, reference_pairs=cfg.reference_pairs)
     return out.cpu()
 
@@ -81,11 +88,11 @@ def grid_to_image(out: torch.Tensor, size, scaled, stride: int) -> torch.Tensor:
 
 
 def walk(source: AffinitySource, image: np.ndarray, maps: np.ndarray, cfg, device):
-    """(H, W, 3) image, (C', H, W) CAMs -> (grid, (1, P) affinities, (1, 1 + C', gh, gw) propagated scores)."""
+    """(H, W, 3) image, (C', H, W) CAMs -> (grid, ((1, P) affinities, CAM weight or None), (1, 1 + C', gh, gw) scores)."""
     g = walk_grid(*image.shape[:2], cfg, source.stride)
     x = _at_scale(g, normalize_image(image, *source.mean_std())).to(device)
-    aff = source(x, cfg.radius, cfg.reference_pairs)
-    return g, aff, walk_from_affinity(g, maps, aff, cfg, device)
+    aff, weight = source(x, cfg.radius, cfg.reference_pairs)
+    return g, (aff, weight), walk_from_affinity(g, maps, aff, cfg, device, weight)
 
 
 def walk_scores(source: AffinitySource, image: np.ndarray, keys: np.ndarray, maps: np.ndarray, cfg,
@@ -119,6 +126,25 @@ def save_walk(path, g: WalkGrid, keys: np.ndarray, out: torch.Tensor, **extra) -
              size=np.array(g.size), scaled=np.array(g.scaled), stride=np.array(g.stride), **extra)
 
 
+def save_affinity(path, g: WalkGrid, aff: torch.Tensor, weight: torch.Tensor | None) -> None:
+    """One image's (1, P) pair affinities (float32) and CAM weight (1, 1, gh, gw) or none, with its grid."""
+    extra = {} if weight is None else {"weight": weight.cpu().float().numpy()}
+    save_npz(path, aff=aff.cpu().float().numpy().reshape(1, -1), grid=np.array(g.grid), stride=np.array(g.stride),
+             **extra)
+
+
+def load_affinity(path, g: WalkGrid) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """((1, P) affinities, weight or None) of a ``random_walk/affinity/{name}.npz`` made on grid ``g`` (DataError if not)."""
+    from ..errors import DataError
+
+    z = load_npz(path)
+    if tuple(z["grid"].tolist()) != g.grid or int(z["stride"]) != g.stride:
+        raise DataError(path, f"cached for a {tuple(z['grid'].tolist())} grid at stride {int(z['stride'])}, the "
+                              f"config gives {g.grid} at stride {g.stride}: re-run random_walk")
+    weight = torch.from_numpy(z["weight"]) if "weight" in z else None
+    return torch.from_numpy(z["aff"]), weight
+
+
 def load_walk_scores(path) -> tuple[np.ndarray, torch.Tensor]:
     """(keys (C',), scores (1 + C', H, W) at image size) of a ``random_walk/scores/{name}.npz`` file."""
     z = load_npz(path)
@@ -145,10 +171,9 @@ class _Walker:
         image = self.dataset.load_image(name)
         keys, maps = load_cam(self.layout.cam(name))
         cfg = self.cfg.random_walk
-        g, aff, out = walk(self.source(), image, maps, cfg, self.device)
+        g, (aff, weight), out = walk(self.source(), image, maps, cfg, self.device)
         if cfg.cache_affinity:
-            save_npz(self.layout.walk_affinity(name), aff=aff.cpu().numpy().astype(np.float32).reshape(-1),
-                     grid=np.array(g.grid), stride=np.array(g.stride))
+            save_affinity(self.layout.walk_affinity(name), g, aff, weight)
         save_walk(self.layout.walk_scores(name), g, keys, out)
         scores = grid_to_image(out, g.size, g.scaled, g.stride)
         save_label_png(self.layout.pseudo_label(name), walk_label(scores, keys, image, cfg.crf))
