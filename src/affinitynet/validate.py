@@ -91,6 +91,22 @@ def _check_scales(report: Problems, key: str, scales) -> None:
         report.add(key, f"must be a non-empty list of positive scales, got {scales}")
 
 
+def _check_cam_import(report: Problems, cfg: Config, files: bool) -> None:
+    """``cam.method`` import_irn / import_psa: a folder of CAM files, and no classifier asked of it."""
+    from .cam_import import FORMATS
+
+    c = cfg.cam
+    if c.method not in FORMATS:
+        return
+    if not c.import_dir:
+        report.add("cam.import_dir", f"cam.method {c.method} reads the CAM files of this folder; it is empty")
+    elif files and not Path(c.import_dir).expanduser().is_dir():
+        report.add(c.import_dir, "cam.import_dir: folder not found")
+    if cfg.segmentation.pretrained == "classifier":
+        report.add("segmentation.pretrained", f"'classifier' needs this run's classifier, which cam.method "
+                                              f"{c.method} does not train; give a weights file or leave it empty")
+
+
 def config_problems(cfg: Config, report: Problems | None = None, *, files: bool = True) -> Problems:
     """Every config value that a stage would reject late or that makes no sense, each as (key, problem).
 
@@ -121,6 +137,7 @@ def config_problems(cfg: Config, report: Problems | None = None, *, files: bool 
 
     _check_network(report, "cam", cfg.cam, resize=True, files=files)
     _check_scales(report, "cam.scales", cfg.cam.scales)
+    _check_cam_import(report, cfg, files)
     _check_network(report, "affinitynet", cfg.affinitynet, resize=True, files=files)
     _at_least(report, "affinitynet.radius", cfg.affinitynet.radius, 1)
     _check_network(report, "segmentation", cfg.segmentation, resize=False, files=files)

@@ -40,12 +40,20 @@ def _given(section: str):
     return lambda cfg: tuple(p for p in (cfg.section(section).checkpoint,) if p)
 
 
+def _classifier_needed(cfg) -> bool:
+    """train_cam is needed unless the CAMs come from elsewhere (``cam.method`` import_irn / import_psa)."""
+    from .cam_sources import CAM_SOURCES
+
+    source = CAM_SOURCES.get(cfg.cam.method)
+    return source is None or source.needs_classifier
+
+
 def _out(stage: str, *rest: str) -> str:
     return "/".join((FOLDERS[stage], *rest))
 
 
 # make_cam / segment settings only change inference, never the trained networks.
-_CAM_INFERENCE = ("cam.method", "cam.scales", "cam.flip", "cam.batch_scales", "cam.overlays")
+_CAM_INFERENCE = ("cam.method", "cam.import_dir", "cam.scales", "cam.flip", "cam.batch_scales", "cam.overlays")
 _SEG_INFERENCE = ("segmentation.test_scales", "segmentation.test_flip", "segmentation.crf", "segmentation.split")
 _WORKERS = ("affinity_labels.workers", "random_walk.workers")
 # Bounds on the networks' input size: like worker counts they never invalidate finished work, so lowering one
@@ -55,7 +63,7 @@ _SIZE_BOUNDS = ("cam.max_long_side", "random_walk.max_long_side", "segmentation.
 STAGES: tuple[StageSpec, ...] = (
     StageSpec("train_cam", train_cam.run, "train the classification network (multi-label soft margin)",
               ("data", "cam"), outputs=(_out("train_cam", "final.pt"),),
-              exclude=_CAM_INFERENCE + _SIZE_BOUNDS, files=_given("cam")),
+              exclude=_CAM_INFERENCE + _SIZE_BOUNDS, files=_given("cam"), needed=_classifier_needed),
     StageSpec("make_cam", make_cam.run, "class activation maps of the training images (multi-scale + flip)",
               _CAM_INFERENCE, upstream=("train_cam",), outputs=(_out("make_cam"),)),
     StageSpec("make_affinity_labels", make_affinity_labels.run,
@@ -72,7 +80,7 @@ STAGES: tuple[StageSpec, ...] = (
               ("segmentation",), upstream=("train_cam", "random_walk"),
               outputs=(_out("train_segmentation", "final.pt"),), exclude=_SEG_INFERENCE + _SIZE_BOUNDS),
     StageSpec("segment", segment.run, "predict the evaluation split with the segmentation network",
-              _SEG_INFERENCE + ("eval.report_images",), upstream=("train_segmentation",),
+              _SEG_INFERENCE + ("eval.report_images", "eval.crf_rows"), upstream=("train_segmentation",),
               outputs=(_out("segment"),)),
     StageSpec("evaluate", evaluate.run, "mIoU of every stage's labels -> metrics.json and report.html",
               ("eval",), upstream=("make_cam", "make_affinity_labels", "random_walk", "segment"),

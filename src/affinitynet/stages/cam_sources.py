@@ -8,11 +8,14 @@ turns gradients off itself.
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import torch
 
 from ..conventions import normalize_image
-from ..errors import ConfigError
+from ..cam_import import import_cams
+from ..errors import ConfigError, DataError
 from ..models import build_classifier
 from ..ops.bound import shrink_image, upsample_to
 from ..ops.cam import multiscale_cam, normalize_cams, scaled_images
@@ -22,6 +25,8 @@ from .common import build_trained
 
 class CamSource:
     """A CAM method: built once per stage run; called per image."""
+
+    needs_classifier = True  # False: train_cam has nothing to do for it
 
     def __init__(self, ctx):
         self.ctx = ctx
@@ -74,7 +79,26 @@ def batch_image_cams(model, raws: list[np.ndarray], labels: list[np.ndarray], cf
     return out
 
 
-CAM_SOURCES = {"classifier": ClassifierCam}
+class ImportedCam(CamSource):
+    """Another method's CAMs, one ``{name}.npy`` per image in ``cam.import_dir`` (``affinitynet.cam_import``)."""
+
+    needs_classifier = False
+
+    def __init__(self, ctx):
+        super().__init__(ctx)
+        folder = ctx.cfg.cam.import_dir
+        if not folder:
+            raise ConfigError(f"cam.method {ctx.cfg.cam.method} needs cam.import_dir: the folder of the CAM files")
+        self.folder = Path(folder).expanduser()
+        if not self.folder.is_dir():
+            raise DataError(self.folder, "cam.import_dir: folder not found")
+
+    def __call__(self, name, image, tags):
+        keys, maps = import_cams(self.folder / f"{name}.npy", self.ctx.cfg.cam.method, image.shape[:2], tags)
+        return torch.from_numpy(keys), torch.from_numpy(maps)
+
+
+CAM_SOURCES = {"classifier": ClassifierCam, "import_irn": ImportedCam, "import_psa": ImportedCam}
 
 
 def cam_source(ctx) -> CamSource:
