@@ -37,7 +37,10 @@ def confusion_matrix(pred, gt, num_classes: int) -> np.ndarray:
 
 
 def scores(conf, names: list[str]) -> dict:
-    """(K, K + 1) or (K, K) confusion -> dict(miou, iou, precision, recall, pixel_accuracy, pixels); percent.
+    """(K, K + 1) or (K, K) confusion -> dict(miou, iou, precision, recall, pixel_accuracy, pixels, confusion).
+
+    Percentages; ``confusion`` is the matrix itself as nested lists of pixel counts [gt][pred] (the report
+    draws it).
 
     IoU = TP / (TP + FP + FN); per-class values are None for classes absent from both ground truth and
     prediction, and the mean runs over the others (0.0 when there are none).
@@ -66,6 +69,7 @@ def scores(conf, names: list[str]) -> dict:
         "recall": pct(tp, gt_total, gt_total > 0),
         "pixel_accuracy": float(100.0 * tp.sum() / total) if total > 0 else 0.0,
         "pixels": int(total),
+        "confusion": conf.tolist(),
     }
 
 

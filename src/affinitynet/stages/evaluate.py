@@ -2,12 +2,22 @@
 
 Each stage scores its own output when the split has masks (``cam/metrics.json``,
 ``random_walk/metrics.json``, ...); this stage puts them side by side, keyed by the stage's folder.
+With ``eval.crf_rows`` it adds the rows papers report after a dense CRF (the paper's kernels,
+``ops.crf``), each under its own key: ``cam_crf`` (the CAM stack [bg threshold, CAMs]), ``random_walk_crf``
+(the walk's saved scores) on the scoring split, and ``segmentation_crf`` (labels ``segment`` wrote).
+A row whose stage already applies the CRF (``random_walk.crf``, ``segmentation.crf``) is not repeated.
 """
 from __future__ import annotations
 
-from ..io import read_json, write_json
+import numpy as np
+import torch
+
+from ..io import load_cam, read_json, write_json
 from ..layout import RunLayout
-from ..ops.metrics import format_table
+from ..ops.cam import class_lut
+from ..ops.metrics import format_table, scores
+from ..scoring import accumulate, score_labels
+from .common import scoring_set, scoring_split
 
 
 def collect(run_dir) -> dict:
@@ -23,11 +33,69 @@ def collect(run_dir) -> dict:
     return out
 
 
+def cam_crf_label(image: np.ndarray, keys: np.ndarray, maps: np.ndarray, bg_threshold: float) -> np.ndarray:
+    """(H, W, 3) image, (C',) ids, (C', H, W) CAMs -> (H, W) uint8 argmax of the CRF of [bg_threshold, CAMs]."""
+    from ..ops.crf import dense_crf
+
+    stack = np.concatenate([np.full((1,) + maps.shape[1:], bg_threshold, np.float32), maps.astype(np.float32)])
+    return class_lut(keys).numpy().astype(np.uint8)[dense_crf(image, stack).argmax(0)]
+
+
+def _score_with(ctx, predict, desc: str) -> dict:
+    ds = scoring_set(ctx)
+    conf = accumulate(ds, ds.names, predict, progress=ctx.progress, desc=desc)
+    return dict(scores(conf, ds.label_names), images=len(ds), split=scoring_split(ctx), crf=True)
+
+
+def crf_rows(ctx, metrics: dict) -> dict:
+    """The ``*_crf`` rows of the stages whose outputs exist (``eval.crf_rows``)."""
+    from .random_walk import load_walk_scores, walk_label
+
+    layout, cfg, rows = ctx.layout, ctx.cfg, {}
+    names = scoring_set(ctx).names if ("cam" in metrics or "random_walk" in metrics) else []
+    image = scoring_set(ctx).load_image if names else None
+    if "cam" in metrics and all(layout.cam(n).is_file() for n in names):
+        thr = cfg.eval.cam_bg_threshold
+
+        def cam_crf(name):
+            keys, maps = load_cam(layout.cam(name))
+            return cam_crf_label(image(name), keys, maps, thr)
+
+        rows["cam_crf"] = dict(_score_with(ctx, cam_crf, "CAM + CRF mIoU"), threshold=thr)
+    if "random_walk" in metrics and not cfg.random_walk.crf and all(layout.walk_scores(n).is_file() for n in names):
+        def walk_crf(name):
+            keys, s = load_walk_scores(layout.walk_scores(name))
+            return walk_label(s, keys, image(name), crf=True)
+
+        rows["random_walk_crf"] = _score_with(ctx, walk_crf, "random walk + CRF mIoU")
+    seg = metrics.get("segmentation")
+    if seg and not cfg.segmentation.crf:
+        split = seg.get("split", cfg.data.val_split)
+        ds = ctx.dataset(split)
+        if ds.names and layout.prediction_crf(ds.names[0]).is_file():
+            rows["segmentation_crf"] = dict(score_labels(layout.prediction_crf, ds, progress=ctx.progress,
+                                                         desc="segmentation + CRF mIoU"), split=split, crf=True)
+    return rows
+
+
+def _ordered(metrics: dict, extra: dict) -> dict:
+    """``metrics`` with each ``{key}_crf`` row right after ``key``."""
+    out = {}
+    for key, m in metrics.items():
+        out[key] = m
+        if f"{key}_crf" in extra:
+            out[f"{key}_crf"] = extra[f"{key}_crf"]
+    return out
+
+
 def run(ctx) -> dict:
-    """Write ``metrics.json`` (and the report) from the stages' own scores."""
+    """Write ``metrics.json`` (and the report) from the stages' own scores, and the CRF rows when asked."""
     metrics = collect(ctx.run_dir)
     summary = {}
     if ctx.is_main:
+        if ctx.cfg.eval.crf_rows:
+            with torch.inference_mode():
+                metrics = _ordered(metrics, crf_rows(ctx, metrics))
         write_json(ctx.layout.metrics, metrics)
         for key, m in metrics.items():
             if isinstance(m, dict) and "miou" in m and "iou" in m:

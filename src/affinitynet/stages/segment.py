@@ -21,9 +21,9 @@ from ..accel import AccelOptions
 from .common import build_trained
 
 
-def predict_label(model, image: np.ndarray, device, *, scales=(1.0,), flip=False, crf=False,
-                  max_long_side: int = 0) -> np.ndarray:
-    """(H, W, 3) uint8 image -> (H, W) uint8 class ids from the segmentation network.
+def predict_scores(model, image: np.ndarray, device, *, scales=(1.0,), flip=False,
+                   max_long_side: int = 0) -> torch.Tensor:
+    """(H, W, 3) uint8 image -> (K, H, W) float32 class scores on the CPU from the segmentation network.
 
     An image whose largest scale would exceed ``max_long_side`` (0: no bound) is shrunk first; the scores
     are upsampled back to its size.
@@ -31,7 +31,14 @@ def predict_label(model, image: np.ndarray, device, *, scales=(1.0,), flip=False
     small = shrink_image(image, max_long_side, max(scales))
     x = normalize_image(small, model.backbone.mean, model.backbone.std).to(device)
     with torch.inference_mode():
-        prob = upsample_to(multiscale_predict(model, x, scales, flip).float().cpu(), image.shape[:2])
+        return upsample_to(multiscale_predict(model, x, scales, flip).float().cpu(), image.shape[:2])
+
+
+def predict_label(model, image: np.ndarray, device, *, scales=(1.0,), flip=False, crf=False,
+                  max_long_side: int = 0, prob: torch.Tensor | None = None) -> np.ndarray:
+    """(H, W, 3) uint8 image -> (H, W) uint8 class ids (``predict_scores``, or ``prob`` when given; a dense CRF if ``crf``)."""
+    if prob is None:
+        prob = predict_scores(model, image, device, scales=scales, flip=flip, max_long_side=max_long_side)
     if crf:
         from ..ops.crf import dense_crf
 
@@ -52,6 +59,7 @@ class _Segmenter:
     model_path: Path
     cfg: object  # Config
     device: torch.device
+    crf_of: object = None  # name -> Path of its CRF label (eval.crf_rows), or None
     _model: object = field(default=None, repr=False)
 
     def __call__(self, name: str) -> None:
@@ -60,9 +68,12 @@ class _Segmenter:
             self._model = build_trained(build_deeplab, c, self.dataset.num_classes + 1, path=self.model_path,
                                         device=self.device, stage="train_segmentation",
                                         accel=AccelOptions.from_runtime(self.cfg.runtime))
-        label = predict_label(self._model, self.dataset.load_image(name), self.device, scales=c.test_scales,
-                              flip=c.test_flip, crf=c.crf, max_long_side=c.test_max_long_side)
-        save_label_png(self.output_of(name), label)
+        image = self.dataset.load_image(name)
+        prob = predict_scores(self._model, image, self.device, scales=c.test_scales, flip=c.test_flip,
+                              max_long_side=c.test_max_long_side)
+        if self.crf_of is not None:  # eval.crf_rows: the same scores after a dense CRF, scored as segmentation_crf
+            save_label_png(self.crf_of(name), predict_label(self._model, image, self.device, crf=True, prob=prob))
+        save_label_png(self.output_of(name), predict_label(self._model, image, self.device, crf=c.crf, prob=prob))
 
 
 def run(ctx) -> dict:
@@ -71,7 +82,8 @@ def run(ctx) -> dict:
     ds = ctx.dataset(split)
     layout = ctx.layout
     network = layout.network("train_segmentation")
-    work = _Segmenter(ds, layout.prediction, network, ctx.cfg, ctx.device)
+    crf_of = layout.prediction_crf if ctx.cfg.eval.crf_rows and not ctx.cfg.segmentation.crf else None
+    work = _Segmenter(ds, layout.prediction, network, ctx.cfg, ctx.device, crf_of)
     counts = ctx.map_images(ds.names, layout.prediction, work, desc=f"segment {split}",
                             image_of=ds.image_path, memory_key="segmentation.test_max_long_side")
     summary = {"split": split, "images": len(ds), "computed": counts["done"]}
