@@ -91,7 +91,8 @@ def walk(source: AffinitySource, image: np.ndarray, maps: np.ndarray, cfg, devic
     """(H, W, 3) image, (C', H, W) CAMs -> (grid, ((1, P) affinities, CAM weight or None), (1, 1 + C', gh, gw) scores)."""
     g = walk_grid(*image.shape[:2], cfg, source.stride)
     x = _at_scale(g, normalize_image(image, *source.mean_std())).to(device)
-    aff, weight = source(x, cfg.radius, cfg.reference_pairs)
+    got = source(x, cfg.radius, cfg.reference_pairs)
+    aff, weight = got if isinstance(got, tuple) else (got, None)  # (affinities, CAM weight) or affinities alone
     return g, (aff, weight), walk_from_affinity(g, maps, aff, cfg, device, weight)
 
 
