@@ -8,6 +8,7 @@ import dataclasses
 from affinitynet import config, runner
 from affinitynet.context import StageContext
 from affinitynet.errors import StageError
+from affinitynet.layout import idle_stages
 from affinitynet.stages import STAGES, STAGE_NAMES
 
 
@@ -44,15 +45,38 @@ def _cfg(tmp_path):
 
 def test_rerun_skips_everything(tmp_path, fake_stages):
     cfg = _cfg(tmp_path)
+    idle = idle_stages(cfg.random_walk.affinity)
+    active = [n for n in STAGE_NAMES if n not in idle]
     res = runner.run_pipeline(cfg, tmp_path / "run", verbose=False)
-    assert [r.status for r in res] == ["done"] * len(STAGES)
-    assert fake_stages == list(STAGE_NAMES)
+    assert [r.status for r in res] == ["not needed" if n in idle else "done" for n in STAGE_NAMES]
+    assert fake_stages == active
     fake_stages.clear()
     res = runner.run_pipeline(cfg, tmp_path / "run", verbose=False)
-    assert fake_stages == [] and all(r.status == "skipped" for r in res)
+    assert fake_stages == [] and all(r.status in ("skipped", "not needed") for r in res)
     assert (tmp_path / "run" / "config.yaml").exists()
     manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())["stages"]
-    assert set(manifest) == set(STAGE_NAMES) and all(m["status"] == "done" for m in manifest.values())
+    assert set(manifest) == set(active) and all(m["status"] == "done" for m in manifest.values())
+
+
+def test_affinity_source_choice_runs_its_own_stages_and_redoes_the_walk(tmp_path, fake_stages):
+    cfg = _cfg(tmp_path)
+    run = tmp_path / "run"
+    runner.run_pipeline(cfg, run, verbose=False)
+    assert "make_affinity_labels" in fake_stages and "train_boundary" not in fake_stages
+    fake_stages.clear()
+    cfg.random_walk.affinity = "boundary"
+    res = runner.run_pipeline(cfg, run, verbose=False)
+    i = STAGE_NAMES.index("random_walk")
+    assert fake_stages == ["make_ir_labels", "train_boundary", *STAGE_NAMES[i:]]
+    assert {r.name: r.status for r in res}["train_affinitynet"] == "not needed"
+    fake_stages.clear()
+    cfg.random_walk.affinity = "affinitynet"  # AffinityNet's stages finished earlier: only the walk and after redo
+    runner.run_pipeline(cfg, run, verbose=False)
+    assert fake_stages == list(STAGE_NAMES[i:])
+    fake_stages.clear()
+    cfg.boundary.epochs = 1  # the idle source's training settings change nothing
+    runner.run_pipeline(cfg, run, verbose=False)
+    assert fake_stages == []
 
 
 def test_deleted_output_redoes_that_stage_and_the_ones_after(tmp_path, fake_stages):

@@ -15,6 +15,7 @@ from .settings import (  # the config's types, used as config.Config, config.Dat
     SECTIONS,
     AffinityLabelConfig,
     AffinityNetConfig,
+    BoundaryConfig,
     CamConfig,
     CocoOptions,
     Config,
@@ -22,16 +23,17 @@ from .settings import (  # the config's types, used as config.Config, config.Dat
     EvalConfig,
     FolderOptions,
     RandomWalkConfig,
+    RelationLabelConfig,
     RuntimeConfig,
     SegmentationConfig,
     SyntheticOptions,
     VocOptions,
 )
 
-__all__ = ["AffinityLabelConfig", "AffinityNetConfig", "CHOICES", "CamConfig", "CocoOptions", "Config", "DataConfig",
-           "EvalConfig", "FolderOptions", "PRESET_DIR", "RandomWalkConfig", "RuntimeConfig", "SECTIONS",
-           "SegmentationConfig", "SyntheticOptions", "VocOptions", "apply_overrides", "dump", "from_dict", "load",
-           "resolve_config_path", "subset_hash"]
+__all__ = ["AffinityLabelConfig", "AffinityNetConfig", "BoundaryConfig", "CHOICES", "CamConfig", "CocoOptions",
+           "Config", "DataConfig", "EvalConfig", "FolderOptions", "PRESET_DIR", "RandomWalkConfig",
+           "RelationLabelConfig", "RuntimeConfig", "SECTIONS", "SegmentationConfig", "SyntheticOptions", "VocOptions",
+           "apply_overrides", "dump", "from_dict", "load", "resolve_config_path", "subset_hash"]
 
 
 def _coerce(value, tp, where: str):

@@ -7,6 +7,8 @@ RUN_DIR/
   cam/               make_cam: {name}.npz, overlays/{name}.png, metrics.json
   affinity_labels/   make_affinity_labels: {name}.png (and {name}.npz score stacks), metrics.json
   affinitynet/       train_affinitynet: like classifier/
+  ir_labels/         make_ir_labels: {name}.png inter-pixel relation labels, metrics.json
+  boundary/          train_boundary: like classifier/ (the class boundary network)
   random_walk/       random_walk: {name}.png pseudo labels, scores/{name}.npz propagated scores on the grid,
                      affinity/{name}.npz pair affinities (random_walk.cache_affinity), metrics.json
   deeplab/           train_segmentation: like classifier/
@@ -34,10 +36,23 @@ FOLDERS = {
     "make_cam": "cam",
     "make_affinity_labels": "affinity_labels",
     "train_affinitynet": "affinitynet",
+    "make_ir_labels": "ir_labels",
+    "train_boundary": "boundary",
     "random_walk": "random_walk",
     "train_segmentation": "deeplab",
     "segment": "segmentation",
 }
+
+# the stages that serve one affinity source (random_walk.affinity); with the other source they have nothing to do
+SOURCE_STAGES = {
+    "affinitynet": ("make_affinity_labels", "train_affinitynet"),
+    "boundary": ("make_ir_labels", "train_boundary"),
+}
+
+
+def idle_stages(affinity: str) -> tuple[str, ...]:
+    """The stages of every affinity source but ``affinity``: a run that walks with ``affinity`` skips them."""
+    return tuple(stage for source, stages in SOURCE_STAGES.items() if source != affinity for stage in stages)
 
 
 class RunLayout:
@@ -84,7 +99,7 @@ class RunLayout:
         return self.folder(key) / METRICS
 
     def network(self, key: str) -> Path:
-        """``{folder}/final.pt``: a training stage's network (``classifier``, ``affinitynet``, ``deeplab``)."""
+        """``{folder}/final.pt``: a training stage's network (``classifier``, ``affinitynet``, ``boundary``, ...)."""
         return self.folder(key) / "final.pt"
 
     def history(self, key: str) -> Path:
@@ -106,6 +121,10 @@ class RunLayout:
     def affinity_scores(self, name: str) -> Path:
         """``affinity_labels/{name}.npz``: CRF score stacks la / ha (``grid_labels: scores``)."""
         return self.root / "affinity_labels" / f"{name}.npz"
+
+    def ir_label(self, name: str) -> Path:
+        """``ir_labels/{name}.png``: confident class ids, 0 background, 255 unsure (the boundary network's pairs)."""
+        return self.root / "ir_labels" / f"{name}.png"
 
     def pseudo_label(self, name: str) -> Path:
         """``random_walk/{name}.png``: the pseudo label of a training image."""

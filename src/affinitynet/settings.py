@@ -131,10 +131,58 @@ class AffinityNetConfig:
 
 
 @dataclass
+class RelationLabelConfig:
+    """Inter-pixel relation labels for the boundary network (make_ir_labels; IRN, docs/irn.md)."""
+
+    fg_threshold: float = 0.30  # background score that foreground must beat to be confident
+    bg_threshold: float = 0.05  # background score that every class must stay under for confident background
+    crf: bool = True  # refine each thresholded argmax with a dense CRF on hard labels
+    crf_gt_prob: float = 0.7
+    crf_iters: int = 10
+    crf_gauss_sxy: float = 3.0
+    crf_gauss_compat: float = 3.0
+    crf_bilateral_sxy: float = 50.0
+    crf_bilateral_srgb: float = 5.0
+    crf_bilateral_compat: float = 10.0
+    workers: int = 2  # worker processes (the CRF is CPU-bound)
+
+
+@dataclass
+class BoundaryConfig:
+    """The class boundary network (train_boundary; IRN, docs/irn.md)."""
+
+    backbone: str = "tiny"
+    pretrained: str = ""  # ImageNet weights; the backbone stays frozen, only the boundary layers train
+    checkpoint: str = ""  # a trained boundary network (ours): used as is, no training
+    output_stride: int = 16
+    dilated: bool = True  # false: layers past the output stride undilated (IRN's ResNet-50, strides 2, 2, 2, 1)
+    radius: int = 10  # pairs of the training loss (the walk uses random_walk.radius)
+    reference_pairs: bool = False  # train on the border-trimmed pair set of IRN's path index
+    epochs: int = 3
+    batch_size: int = 32
+    lr: float = 0.1
+    weight_decay: float = 1e-4
+    momentum: float = 0.9
+    poly_power: float = 0.9
+    crop_size: int = 512
+    resize_long: list[int] = field(default_factory=list)  # [] : no resizing to a long side
+    scale_range: list[float] = field(default_factory=lambda: [0.5, 1.5])
+    resample: str = "bicubic"  # bilinear | bicubic
+    color_jitter: float = 0.0
+    hue: float = 0.0
+    crop_pad: str = "mean"  # mean | black
+    # the walk's boundary maps (inference only: changing these does not retrain)
+    test_flip: bool = True  # average the logits of the image and its mirror image
+    test_pad: bool = True  # pad smaller images to crop_size, as training crops are (GroupNorm sees the same size)
+
+
+@dataclass
 class RandomWalkConfig:
     """Semantic propagation (random_walk)."""
 
     affinity: str = "affinitynet"  # where pair affinities come from (affinitynet.stages.affinity_sources)
+    background: str = "power"  # power: (1 - max CAM)^alpha walks with the CAMs | threshold: bg_threshold after the walk
+    bg_threshold: float = 0.25  # background: threshold: constant score against the walked CAMs, scaled to max 1
     alpha: float = 16.0
     scale: float = 1.0  # image scale for AffinityNet and the walk (1.0 as in the paper)
     beta: float = 8.0
@@ -213,6 +261,8 @@ class Config:
     cam: CamConfig = field(default_factory=CamConfig)
     affinity_labels: AffinityLabelConfig = field(default_factory=AffinityLabelConfig)
     affinitynet: AffinityNetConfig = field(default_factory=AffinityNetConfig)
+    ir_labels: RelationLabelConfig = field(default_factory=RelationLabelConfig)
+    boundary: BoundaryConfig = field(default_factory=BoundaryConfig)
     random_walk: RandomWalkConfig = field(default_factory=RandomWalkConfig)
     segmentation: SegmentationConfig = field(default_factory=SegmentationConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
@@ -238,4 +288,8 @@ CHOICES = {
     "affinitynet.crop_pad": ("mean", "black"),
     "affinity_labels.crf_unary": ("normalized", "clipped"),
     "affinity_labels.grid_labels": ("pixels", "scores"),
+    "random_walk.affinity": ("affinitynet", "boundary"),
+    "random_walk.background": ("power", "threshold"),
+    "boundary.resample": ("bilinear", "bicubic"),
+    "boundary.crop_pad": ("mean", "black"),
 }

@@ -107,6 +107,24 @@ def _check_cam_import(report: Problems, cfg: Config, files: bool) -> None:
                                               f"{c.method} does not train; give a weights file or leave it empty")
 
 
+def _check_boundary(report: Problems, cfg: Config, files: bool) -> None:
+    """The boundary network (``boundary``), its relation labels (``ir_labels``) and the walk's background."""
+    b, r, w = cfg.boundary, cfg.ir_labels, cfg.random_walk
+    _check_network(report, "boundary", b, resize=True, files=files)
+    _at_least(report, "boundary.radius", b.radius, 1)
+    if not b.dilated and not b.backbone.startswith("resnet"):
+        report.add("boundary.dilated", f"false is for the ResNet backbones, not {b.backbone}")
+    if len(b.scale_range) not in (0, 2) or (b.scale_range and not 0 < b.scale_range[0] <= b.scale_range[1]):
+        report.add("boundary.scale_range", f"must be [] or [low, high] with 0 < low <= high, got {b.scale_range}")
+    if not 0 <= r.bg_threshold <= r.fg_threshold:
+        report.add("ir_labels.bg_threshold", f"must lie in [0, fg_threshold ({r.fg_threshold})], got {r.bg_threshold}")
+    if not 0 < r.crf_gt_prob < 1:
+        report.add("ir_labels.crf_gt_prob", f"must lie in (0, 1), got {r.crf_gt_prob}")
+    _at_least(report, "ir_labels.crf_iters", r.crf_iters, 1)
+    _at_least(report, "ir_labels.workers", r.workers, 1)
+    _positive(report, "random_walk.bg_threshold", w.bg_threshold)
+
+
 def config_problems(cfg: Config, report: Problems | None = None, *, files: bool = True) -> Problems:
     """Every config value that a stage would reject late or that makes no sense, each as (key, problem).
 
@@ -139,6 +157,7 @@ def config_problems(cfg: Config, report: Problems | None = None, *, files: bool 
     _check_scales(report, "cam.scales", cfg.cam.scales)
     _check_cam_import(report, cfg, files)
     _check_network(report, "affinitynet", cfg.affinitynet, resize=True, files=files)
+    _check_boundary(report, cfg, files)
     _at_least(report, "affinitynet.radius", cfg.affinitynet.radius, 1)
     _check_network(report, "segmentation", cfg.segmentation, resize=False, files=files)
     s = cfg.segmentation
@@ -159,7 +178,7 @@ def config_problems(cfg: Config, report: Problems | None = None, *, files: bool 
     _at_least(report, "affinity_labels.workers", a.workers, 1)
     if a.crf:
         _at_least(report, "affinity_labels.crf_iters", a.crf_iters, 1)
-    if files and (a.crf or cfg.random_walk.crf or s.crf):
+    if files and (a.crf or cfg.random_walk.crf or s.crf or cfg.ir_labels.crf):
         from .ops.crf import _densecrf
 
         try:

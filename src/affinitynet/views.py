@@ -58,7 +58,15 @@ VIEWS = {
                     f"{_pct(m.get('fg_precision'))} / {_pct(m.get('bg_precision'))}, {_pct(m.get('ignored'))}")],
         _label_picture(RunLayout.affinity_label, confident_colours)),
     "train_affinitynet": View("AffinityNet", lambda m: [("val pair AP (%)", m.get("ap"))]),
-    "random_walk": View("random walk", lambda m: [(f"{m.get('split', 'train')} mIoU", m.get("miou"))],
+    "make_ir_labels": View(
+        "relation labels",
+        lambda m: [("fg / bg precision, ignored (%)",
+                    f"{_pct(m.get('fg_precision'))} / {_pct(m.get('bg_precision'))}, {_pct(m.get('ignored'))}")],
+        _label_picture(RunLayout.ir_label, confident_colours)),
+    "train_boundary": View("boundary network", lambda m: [("val pair AP (%)", m.get("ap"))]),
+    "random_walk": View("random walk", lambda m: [(f"{m.get('split', 'train')} mIoU"
+                                                   + (", class-boundary affinities" if m.get("affinity") == "boundary"
+                                                      else ""), m.get("miou"))],
                         _label_picture(RunLayout.pseudo_label, label_colours)),
     "train_segmentation": View(
         "segmentation network",

@@ -5,6 +5,7 @@ from functools import partial
 
 from ..errors import ConfigError
 from .base import IMAGENET_MEAN, IMAGENET_STD, Backbone
+from .boundary import BoundaryNet
 from .checkpoint import (
     deeplab_num_classes,
     guess_backbone,
@@ -66,6 +67,17 @@ def build_deeplab(section, num_classes: int) -> DeepLab:
     return net
 
 
+def build_boundary(section) -> BoundaryNet:
+    """IRN's boundary network from a ``BoundaryConfig`` (backbone, pretrained, output_stride, dilated)."""
+    options = {} if section.dilated else {"dilated": False}
+    backbone = build_backbone(section.backbone, output_stride=section.output_stride, pretrained=section.pretrained,
+                              **options)
+    net = BoundaryNet(backbone)
+    net.model_args = {"network": "boundary", "backbone": section.backbone, "output_stride": section.output_stride,
+                      **options}
+    return net
+
+
 def build_from_args(args: dict):
     """Rebuild a network, without initial weights, from the ``model_args`` its checkpoint stores."""
     args = dict(args)
@@ -74,10 +86,12 @@ def build_from_args(args: dict):
         "classifier": lambda b: Classifier(b, args["num_classes"]),
         "affinitynet": lambda b: AffinityNet(b),
         "deeplab": lambda b: DeepLab(b, args["num_classes"], head=args["head"], rate=args["rate"]),
+        "boundary": BoundaryNet,
     }
     if kind not in makers:
         raise ConfigError(f"cannot rebuild a network of kind {kind!r} (known: {', '.join(makers)})")
-    net = makers[kind](build_backbone(args["backbone"], output_stride=args["output_stride"]))
+    options = {"dilated": args["dilated"]} if "dilated" in args else {}
+    net = makers[kind](build_backbone(args["backbone"], output_stride=args["output_stride"], **options))
     net.model_args = {"network": kind, **args}
     return net
 
@@ -87,6 +101,7 @@ __all__ = [
     "AffinityNet",
     "BACKBONES",
     "Backbone",
+    "BoundaryNet",
     "Classifier",
     "DeepLab",
     "HEADS",
@@ -98,6 +113,7 @@ __all__ = [
     "TinyNet",
     "build_affinitynet",
     "build_backbone",
+    "build_boundary",
     "build_classifier",
     "build_deeplab",
     "build_from_args",

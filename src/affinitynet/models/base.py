@@ -69,6 +69,17 @@ class Backbone(nn.Module):
         s = self.output_stride
         return -(-height // s), -(-width // s)
 
+    def levels(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """(B, 3, H, W) -> features of every depth, shallowest first, the first at stride 4 (see ``level_strides``)."""
+        from ..errors import ConfigError
+
+        raise ConfigError(f"backbone {self.name} gives no stride-4 feature levels (the boundary network needs them)")
+
+    @property
+    def level_strides(self) -> tuple[int, ...]:
+        """Stride of each of ``levels``' features."""
+        return ()
+
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:  # pragma: no cover - abstract
         """(B, 3, H, W) normalised images -> three (B, channels[i], ceil(H/s), ceil(W/s)) features."""
         raise NotImplementedError

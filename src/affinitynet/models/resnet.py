@@ -41,8 +41,10 @@ class ResNet(Backbone):
     channels = (512, 1024, 2048)
     LAYERS = {"resnet50": (3, 4, 6, 3), "resnet101": (3, 4, 23, 3)}
 
+    level_channels = (64, 256, 512, 1024, 2048)
+
     def __init__(self, depth: str = "resnet50", *, output_stride: int = 8, freeze_bn: bool = True,
-                 bn_affine_trainable: bool = True):
+                 bn_affine_trainable: bool = True, dilated: bool = True):
         if depth not in self.LAYERS:
             raise ConfigError(f"unknown ResNet depth '{depth}' (valid: {', '.join(self.LAYERS)})")
         if output_stride not in (8, 16):
@@ -52,6 +54,7 @@ class ResNet(Backbone):
         blocks = self.LAYERS[depth]
         self._inplanes = 64
         self._dilation = 1
+        self._dilated = dilated  # False: layers past the output stride keep stride 1 undilated (IRN's ResNet-50)
         self.conv1 = nn.Conv2d(3, 64, 7, 2, padding=3, bias=False)
         self.bn1 = nn.BatchNorm2d(64)
         self.maxpool = nn.MaxPool2d(3, 2, padding=1)
@@ -68,7 +71,7 @@ class ResNet(Backbone):
         # torchvision's replace_stride_with_dilation: the first block keeps the previous dilation
         previous_dilation = self._dilation
         if dilate:
-            self._dilation *= stride
+            self._dilation *= stride if self._dilated else 1
             stride = 1
         downsample = None
         if stride != 1 or self._inplanes != planes * Bottleneck.expansion:
@@ -84,6 +87,19 @@ class ResNet(Backbone):
     def frozen_modules(self) -> list[nn.Module]:
         """conv1, bn1 and layer1."""
         return [self.conv1, self.bn1, self.layer1]
+
+    @property
+    def level_strides(self) -> tuple[int, ...]:
+        """Strides of the stem, layer1, layer2, layer3 and layer4 outputs."""
+        return (4, 4, 8, self.output_stride, self.output_stride)
+
+    def levels(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """(B, 3, H, W) -> [stem (B, 64, H/4, W/4), layer1 (B, 256, H/4, W/4), layer2 (512, /8), layer3, layer4]."""
+        stem = self.maxpool(F.relu(self.bn1(self.conv1(x))))
+        out = [stem, self.layer1(stem)]
+        for layer in (self.layer2, self.layer3, self.layer4):
+            out.append(layer(out[-1]))
+        return out
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         """(B, 3, H, W) -> [layer2 (B, 512, .), layer3 (B, 1024, h, w), layer4 (B, 2048, h, w)], h = ceil(H/stride).

@@ -64,6 +64,7 @@ class TinyNet(Backbone):
 
     name = "tiny"
     channels = (64, 128, 256)
+    level_channels = (48, 64, 128, 256)
 
     def __init__(self, *, output_stride: int = 8, freeze_bn: bool = False, bn_affine_trainable: bool = True):
         if output_stride not in (8, 16):
@@ -80,6 +81,18 @@ class TinyNet(Backbone):
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
         self._freeze()
+
+    @property
+    def level_strides(self) -> tuple[int, ...]:
+        """Strides of the stem's second conv, layer1, layer2 and layer3 outputs."""
+        return (4, 8, self.output_stride, self.output_stride)
+
+    def levels(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """(B, 3, H, W) -> [(B, 48, H/4, W/4), (B, 64, H/8, W/8), (B, 128, h, w), (B, 256, h, w)]."""
+        s4 = self.stem[1](self.stem[0](x))
+        f1 = self.layer1(self.stem[2](s4))
+        f2 = self.layer2(f1)
+        return [s4, f1, f2, self.layer3(f2)]
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         """(B, 3, H, W) -> [(B, 64, .), (B, 128, h, w), (B, 256, h, w)], h = ceil(H / output_stride)."""

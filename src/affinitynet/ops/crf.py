@@ -73,3 +73,48 @@ def dense_crf(
     )
     q = d.inference(int(iters))
     return np.asarray(q, dtype=np.float32).reshape(k, h, w)
+
+
+def dense_crf_labels(
+    image: np.ndarray,
+    labels: np.ndarray,
+    n_labels: int,
+    *,
+    gt_prob: float = 0.7,
+    iters: int = 10,
+    gauss_sxy: float = 3,
+    gauss_compat: float = 3,
+    bilateral_sxy: float = 50,
+    bilateral_srgb: float = 5,
+    bilateral_compat: float = 10,
+) -> np.ndarray:
+    """(H, W, 3) uint8 image, (H, W) hard labels in 0..n_labels-1 -> (H, W) int64 CRF labels (argmax of the marginals).
+
+    The unary trusts each pixel's label with probability ``gt_prob`` and spreads the rest evenly over the
+    other labels, as IRN's ``crf_inference_label`` (misc/imutils.py) does with its bilateral kernel
+    sxy=50, srgb=5; one label needs no CRF.
+    """
+    image = np.asarray(image)
+    labels = np.asarray(labels)
+    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+        raise ValueError(f"expected an (H, W, 3) uint8 image, got {image.dtype} {image.shape}")
+    if labels.shape != image.shape[:2]:
+        raise ValueError(f"labels of shape {labels.shape} do not match image {image.shape[:2]}")
+    if labels.size and (labels.min() < 0 or labels.max() >= n_labels):
+        raise ValueError(f"labels must lie in 0..{n_labels - 1}, got {labels.min()}..{labels.max()}")
+    if not 0 < gt_prob < 1:
+        raise ValueError(f"gt_prob must lie in (0, 1), got {gt_prob}")
+    if n_labels == 1:
+        return np.zeros(labels.shape, dtype=np.int64)
+    dcrf, _ = _densecrf()
+    from pydensecrf.utils import unary_from_labels
+
+    h, w = labels.shape
+    d = dcrf.DenseCRF2D(w, h, n_labels)
+    d.setUnaryEnergy(np.ascontiguousarray(unary_from_labels(labels, n_labels, gt_prob=gt_prob, zero_unsure=False)))
+    d.addPairwiseGaussian(sxy=gauss_sxy, compat=gauss_compat)
+    d.addPairwiseBilateral(
+        sxy=bilateral_sxy, srgb=bilateral_srgb, rgbim=np.ascontiguousarray(image), compat=bilateral_compat
+    )
+    q = np.asarray(d.inference(int(iters)), dtype=np.float32).reshape(n_labels, h, w)
+    return q.argmax(axis=0).astype(np.int64)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from ..config import Config
 from ..io import read_json, write_text
-from ..layout import RunLayout
+from ..layout import RunLayout, idle_stages
 from .charts import esc, finite, seconds
 from .sections import section_classes, section_images, section_summary, section_training, stage_rows
 
@@ -83,9 +83,9 @@ def render_report(run_dir: Path, cfg: Config) -> str:
     manifest = read_json(layout.manifest).get("stages", {}) if layout.manifest.is_file() else {}
     body = [
         _header(run_dir, cfg, manifest),
-        section_summary(metrics, manifest),
+        section_summary(metrics, manifest, idle_stages(cfg.random_walk.affinity)),
         section_classes(metrics),
-        section_training(layout),
+        section_training(layout, idle_stages(cfg.random_walk.affinity)),
         section_images(layout, cfg, cfg.eval.report_images),
     ]
     if not mpath.is_file():

@@ -59,7 +59,7 @@ def stage_rows(metrics: dict, manifest: dict) -> list[tuple[str, str, str, float
     return rows
 
 
-def section_summary(metrics: dict, manifest: dict) -> str:
+def section_summary(metrics: dict, manifest: dict, idle: tuple[str, ...] = ()) -> str:
     rows = stage_rows(metrics, manifest)
     parts = ['<section><h2>Results per stage</h2><div class="row"><div>']
     if rows:
@@ -73,7 +73,7 @@ def section_summary(metrics: dict, manifest: dict) -> str:
                      f'</tr></tbody></table>')
     else:
         parts.append('<p class="note">No stage has finished or been scored yet.</p>')
-    missing = [n for n in FOLDERS if manifest.get(n, {}).get("status") not in ("done", "running")]
+    missing = [n for n in FOLDERS if n not in idle and manifest.get(n, {}).get("status") not in ("done", "running")]
     if missing:
         parts.append(f'<p class="note">Not run: {esc(", ".join(missing))}.</p>')
     if "cam" in metrics or "random_walk" in metrics:
@@ -168,11 +168,11 @@ def _training_block(path: Path, title: str) -> str:
     return "".join(parts)
 
 
-def section_training(layout: RunLayout) -> str:
+def section_training(layout: RunLayout, idle: tuple[str, ...] = ()) -> str:
     parts = ['<section><h2>Training</h2><div class="grid">']
     missing = []
     for stage, view in VIEWS.items():
-        if not stage.startswith("train_"):
+        if not stage.startswith("train_") or (stage in idle and not layout.history(stage).is_file()):
             continue
         p = layout.history(stage)
         if p.is_file():

@@ -10,9 +10,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
-from ..layout import FOLDERS
-from . import (evaluate, make_affinity_labels, make_cam, random_walk, segment, train_affinitynet, train_cam,
-               train_segmentation)
+from ..layout import FOLDERS, idle_stages
+from . import (evaluate, make_affinity_labels, make_cam, make_ir_labels, random_walk, segment, train_affinitynet,
+               train_boundary, train_cam, train_segmentation)
 
 
 @dataclass(frozen=True)
@@ -48,6 +48,13 @@ def _classifier_needed(cfg) -> bool:
     return source is None or source.needs_classifier
 
 
+def _for_source(stage: str, unless_given: str = ""):
+    """A stage of one affinity source (``layout.SOURCE_STAGES``): needed when ``random_walk.affinity`` is that source
+    and, for the labels, when no trained network (``unless_given.checkpoint``) replaces the training they feed."""
+    return lambda cfg: (stage not in idle_stages(cfg.random_walk.affinity)
+                        and not (unless_given and cfg.section(unless_given).checkpoint))
+
+
 def _out(stage: str, *rest: str) -> str:
     return "/".join((FOLDERS[stage], *rest))
 
@@ -55,7 +62,8 @@ def _out(stage: str, *rest: str) -> str:
 # make_cam / segment settings only change inference, never the trained networks.
 _CAM_INFERENCE = ("cam.method", "cam.import_dir", "cam.scales", "cam.flip", "cam.batch_scales", "cam.overlays")
 _SEG_INFERENCE = ("segmentation.test_scales", "segmentation.test_flip", "segmentation.crf", "segmentation.split")
-_WORKERS = ("affinity_labels.workers", "random_walk.workers")
+_WORKERS = ("affinity_labels.workers", "ir_labels.workers", "random_walk.workers")
+_BOUNDARY_INFERENCE = ("boundary.test_flip", "boundary.test_pad")  # the walk's boundary maps, not the training
 # Bounds on the networks' input size: like worker counts they never invalidate finished work, so lowering one
 # after an out-of-memory error resumes the stage (an image within both bounds comes out the same either way).
 _SIZE_BOUNDS = ("cam.max_long_side", "random_walk.max_long_side", "segmentation.test_max_long_side")
@@ -69,12 +77,20 @@ STAGES: tuple[StageSpec, ...] = (
     StageSpec("make_affinity_labels", make_affinity_labels.run,
               "confident fg/bg regions (dense CRF) -> affinity label maps",
               ("affinity_labels",), upstream=("make_cam",), outputs=(_out("make_affinity_labels"),),
-              exclude=_WORKERS, needed=lambda cfg: not cfg.affinitynet.checkpoint),
+              exclude=_WORKERS, needed=_for_source("make_affinity_labels", unless_given="affinitynet")),
     StageSpec("train_affinitynet", train_affinitynet.run, "train AffinityNet on pairs of confident pixels",
               ("affinitynet", "affinity_labels.grid_labels"), upstream=("make_affinity_labels",),
-              outputs=(_out("train_affinitynet", "final.pt"),), files=_given("affinitynet")),
+              outputs=(_out("train_affinitynet", "final.pt"),), files=_given("affinitynet"),
+              needed=_for_source("train_affinitynet")),
+    StageSpec("make_ir_labels", make_ir_labels.run,
+              "confident fg/bg by thresholds (dense CRF) -> inter-pixel relation labels (IRN)",
+              ("ir_labels",), upstream=("make_cam",), outputs=(_out("make_ir_labels"),),
+              exclude=_WORKERS, needed=_for_source("make_ir_labels", unless_given="boundary")),
+    StageSpec("train_boundary", train_boundary.run, "train the class boundary network on relation pairs (IRN)",
+              ("boundary",), upstream=("make_ir_labels",), outputs=(_out("train_boundary", "final.pt"),),
+              exclude=_BOUNDARY_INFERENCE, files=_given("boundary"), needed=_for_source("train_boundary")),
     StageSpec("random_walk", random_walk.run, "propagate CAMs with pair affinities -> pseudo labels",
-              ("random_walk",), upstream=("make_cam", "train_affinitynet"),
+              ("random_walk",) + _BOUNDARY_INFERENCE, upstream=("make_cam", "train_affinitynet", "train_boundary"),
               outputs=(_out("random_walk"),), exclude=_WORKERS + _SIZE_BOUNDS),
     StageSpec("train_segmentation", train_segmentation.run, "train the segmentation network on the pseudo labels",
               ("segmentation",), upstream=("train_cam", "random_walk"),
@@ -83,7 +99,7 @@ STAGES: tuple[StageSpec, ...] = (
               _SEG_INFERENCE + ("eval.report_images", "eval.crf_rows"), upstream=("train_segmentation",),
               outputs=(_out("segment"),)),
     StageSpec("evaluate", evaluate.run, "mIoU of every stage's labels -> metrics.json and report.html",
-              ("eval",), upstream=("make_cam", "make_affinity_labels", "random_walk", "segment"),
+              ("eval",), upstream=("make_cam", "make_affinity_labels", "make_ir_labels", "random_walk", "segment"),
               outputs=("metrics.json",)),
 )
 

@@ -12,9 +12,11 @@ import torch
 
 from ..conventions import STRIDE
 from ..errors import ConfigError
-from ..models import build_affinitynet
+from ..models import build_affinitynet, build_boundary
+from ..models.boundary import STRIDE as BOUNDARY_STRIDE
 from ..ops.affinity import pair_affinity
-from ..ops.pairs import pair_indices
+from ..ops.pairs import pair_indices, reference_subset
+from ..ops.paths import path_max_affinity
 from ..accel import AccelOptions
 from .common import build_trained
 
@@ -31,8 +33,9 @@ class AffinitySource:
         """The image normalisation its network expects."""
         raise NotImplementedError
 
-    def __call__(self, x: torch.Tensor, radius: int, reference: bool) -> torch.Tensor:
-        """(1, 3, S*h, S*w) normalised image, zero-padded to the grid -> (1, P) affinities of pair_indices(h, w, radius)."""
+    def __call__(self, x: torch.Tensor, radius: int, reference: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(1, 3, S*h, S*w) normalised image, zero-padded to the grid -> (1, P) affinities of pair_indices(h, w, radius)
+        and a (1, 1, h, w) weight of the CAMs before the walk (None: unweighted)."""
         raise NotImplementedError
 
 
@@ -52,10 +55,37 @@ class AffinityNetAffinity(AffinitySource):
         with torch.inference_mode():
             feat = self.model(x.to(self.device))
             h, w = feat.shape[-2:]
-            return pair_affinity(feat, *pair_indices(h, w, radius, reference=reference, device=feat.device))
+            return pair_affinity(feat, *pair_indices(h, w, radius, reference=reference, device=feat.device)), None
 
 
-AFFINITY_SOURCES = {"affinitynet": AffinityNetAffinity}
+class BoundaryAffinity(AffinitySource):
+    """IRN's class boundary map B on the stride-4 grid: a_ij = 1 - max B on the path from i to j, and the CAMs
+    weighted by 1 - B before the walk (Ahn, Cho & Kwak, CVPR 2019; docs/irn.md)."""
+
+    stride = BOUNDARY_STRIDE
+
+    def __init__(self, cfg, layout, device):
+        super().__init__(cfg, layout, device)
+        self.model = build_trained(build_boundary, cfg.boundary, path=layout.network("train_boundary"),
+                                   device=device, stage="train_boundary",
+                                   accel=AccelOptions.from_runtime(cfg.runtime))
+        self.min_size = cfg.boundary.crop_size if cfg.boundary.test_pad else 0
+
+    def mean_std(self):
+        return self.model.backbone.mean, self.model.backbone.std
+
+    def __call__(self, x, radius, reference):
+        with torch.inference_mode():
+            edge = self.model.boundary_map(x.to(self.device), flip=self.cfg.boundary.test_flip,
+                                           min_size=self.min_size).float()
+            aff = path_max_affinity(edge, radius)
+            if reference:
+                h, w = edge.shape[-2:]
+                aff = aff[:, reference_subset(h, w, radius, device=aff.device)]
+            return aff, 1.0 - edge
+
+
+AFFINITY_SOURCES = {"affinitynet": AffinityNetAffinity, "boundary": BoundaryAffinity}
 
 
 def affinity_source(cfg, layout, device) -> AffinitySource:

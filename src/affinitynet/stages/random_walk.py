@@ -56,24 +56,41 @@ def _at_scale(g: WalkGrid, x: torch.Tensor) -> torch.Tensor:
     return F.pad(x, g.pad)
 
 
-def grid_scores(g: WalkGrid, maps: np.ndarray, alpha: float) -> torch.Tensor:
-    """(C', H, W) CAMs -> (1, 1 + C', gh, gw) walk input: [(1 - max CAM)^alpha, CAMs] average-pooled to the grid."""
-    return F.avg_pool2d(_at_scale(g, cam_scores_with_bg(torch.from_numpy(maps), alpha)), g.stride, g.stride)
+def grid_scores(g: WalkGrid, maps: np.ndarray, alpha: float, background: str = "power") -> torch.Tensor:
+    """(C', H, W) CAMs -> (1, 1 + C', gh, gw) walk input: [(1 - max CAM)^alpha, CAMs] average-pooled to the grid.
+
+    ``background="threshold"``: the background channel is zero; ``threshold_background`` fills it after the walk.
+    """
+    cams = torch.from_numpy(maps)
+    stack = (cam_scores_with_bg(cams, alpha) if background == "power"
+             else torch.cat([torch.zeros(1, *cams.shape[1:]), cams.float()]))
+    return F.avg_pool2d(_at_scale(g, stack), g.stride, g.stride)
+
+
+def threshold_background(g: WalkGrid, out: torch.Tensor, threshold: float) -> torch.Tensor:
+    """(1, 1 + C', gh, gw) walked scores -> the same with background ``threshold`` x the walked CAMs' maximum at image
+    size: an argmax at image size then picks IRN's background, the threshold against the CAMs scaled to maximum 1."""
+    peak = float(grid_to_image(out[:, 1:], g.size, g.scaled, g.stride).max()) if out.shape[1] > 1 else 0.0
+    out = out.clone()
+    out[:, 0] = threshold * peak if peak > 0 else threshold
+    return out
 
 
 def walk_from_affinity(g: WalkGrid, maps: np.ndarray, aff: torch.Tensor, cfg, device,
                        weight: torch.Tensor | None = None) -> torch.Tensor:
     """(C', H, W) CAMs, (1, P) pair affinities on ``g``'s grid -> (1, 1 + C', gh, gw) propagated scores on the CPU.
 
-    ``weight`` (1, 1, gh, gw), from sources that give one, multiplies the score stack before the walk.
+    ``weight`` (1, 1, gh, gw), from sources that give one, multiplies the score stack before the walk;
+    ``cfg.background`` says where the background comes from (``grid_scores``, ``threshold_background``).
     """
     with torch.inference_mode():
-        scores = grid_scores(g, maps, cfg.alpha).to(device)
+        scores = grid_scores(g, maps, cfg.alpha, cfg.background).to(device)
         if weight is not None:
             scores = scores * weight.to(device, scores.dtype)
         out = propagate_with_affinity(scores, aff.to(device), *g.grid,
                                       cfg.radius, beta=cfg.beta, logt=cfg.logt, reference_pairs=cfg.reference_pairs)
-    return out.cpu()
+    out = out.cpu()
+    return threshold_background(g, out, cfg.bg_threshold) if cfg.background == "threshold" else out
 
 
 def grid_to_image(out: torch.Tensor, size, scaled, stride: int) -> torch.Tensor:
@@ -87,12 +104,18 @@ def grid_to_image(out: torch.Tensor, size, scaled, stride: int) -> torch.Tensor:
     return out[0]
 
 
-def walk(source: AffinitySource, image: np.ndarray, maps: np.ndarray, cfg, device):
-    """(H, W, 3) image, (C', H, W) CAMs -> (grid, ((1, P) affinities, CAM weight or None), (1, 1 + C', gh, gw) scores)."""
+def affinities(source: AffinitySource, image: np.ndarray, cfg, device):
+    """(H, W, 3) image -> (grid, (1, P) pair affinities, (1, 1, gh, gw) CAM weight or None) from the source."""
     g = walk_grid(*image.shape[:2], cfg, source.stride)
     x = _at_scale(g, normalize_image(image, *source.mean_std())).to(device)
     got = source(x, cfg.radius, cfg.reference_pairs)
     aff, weight = got if isinstance(got, tuple) else (got, None)  # (affinities, CAM weight) or affinities alone
+    return g, aff, weight
+
+
+def walk(source: AffinitySource, image: np.ndarray, maps: np.ndarray, cfg, device):
+    """(H, W, 3) image, (C', H, W) CAMs -> (grid, ((1, P) affinities, CAM weight or None), (1, 1 + C', gh, gw) scores)."""
+    g, aff, weight = affinities(source, image, cfg, device)
     return g, (aff, weight), walk_from_affinity(g, maps, aff, cfg, device, weight)
 
 
@@ -193,6 +216,7 @@ def run(ctx) -> dict:
         result = score_labels(layout.pseudo_label, scoring_set(ctx), progress=ctx.progress,
                                  desc="pseudo-label mIoU")
         result["split"] = scoring_split(ctx)
+        result["affinity"] = ctx.cfg.random_walk.affinity
         write_json(layout.stage_metrics(ctx.stage), result)
         summary["miou"] = round(result["miou"], 2)
     return summary

@@ -1,0 +1,111 @@
+"""train_boundary: learn IRN's class boundary map from the inter-pixel relation labels (docs/irn.md).
+
+Each batch: rescale, flip and crop image and relation label map jointly, take each stride-4 cell's label
+(``cell_labels``), label every pair within ``boundary.radius`` as background-positive / foreground-positive /
+negative, turn the predicted boundary map into pair affinities (1 - the largest boundary value on the path
+between the two cells, ``path_max_affinity``) and minimise bg/4 + fg/4 + neg/2 of -log a, -log a,
+-log(1 - a): IRN's edge loss. The backbone is frozen. After each epoch the average precision of the walk's
+pair affinities on held-out images (pairs labelled from their masks) says how well the boundaries separate
+same-class from different-class pairs.
+"""
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..conventions import normalize_image
+from ..data.transforms import LabelMapSet, TrainTransform
+from ..io import load_label_png, write_json
+from ..models import build_boundary
+from ..models.boundary import STRIDE
+from ..ops.affinity import affinity_loss
+from ..ops.bound import shrink_image, shrink_mask
+from ..ops.metrics import average_precision
+from ..ops.pairs import pair_indices, pair_labels, reference_subset
+from ..ops.paths import path_max_affinity
+from ..ops.relations import cell_labels
+from .common import require, stride_grid, train_network, use_given_checkpoint
+
+VAL_IMAGES = 200  # held-out images scored after each epoch
+
+
+def _ir_label(layout, name: str) -> np.ndarray:
+    return load_label_png(layout.ir_label(name))
+
+
+def boundary_batch_loss(model, batch, device, *, radius: int, reference_pairs: bool = False):
+    """Edge loss of one batch: images (B, 3, S, S), relation labels (B, S/4, S/4) on the stride-4 grid, 255 ignore."""
+    x, grid = batch
+    logits = model(x.to(device, non_blocking=True))
+    h, w = logits.shape[-2:]
+    grid = grid.to(device, non_blocking=True)[..., :h, :w]
+    idx_from, idx_to = pair_indices(h, w, radius, reference=reference_pairs, device=logits.device)
+    bg_pos, fg_pos, neg = pair_labels(grid, idx_from, idx_to)
+    aff = path_max_affinity(torch.sigmoid(logits.float()), radius)
+    if reference_pairs:
+        aff = aff[:, reference_subset(h, w, radius, device=aff.device)]
+    return affinity_loss(aff, bg_pos, fg_pos, neg)
+
+
+@torch.no_grad()
+def boundary_ap(model, dataset, device, radius: int, limit: int = VAL_IMAGES, *, max_long_side: int = 0,
+                flip: bool = True, min_size: int = 0) -> dict:
+    """AP (%) of boundary affinities for same-label vs different-label pairs, labels from the masks' cell centres.
+
+    Images (and masks) larger than ``max_long_side`` are shrunk first, as the random walk shrinks them.
+    """
+    model.eval()
+    scores, positive = [], []
+    for name in dataset.names[:limit]:
+        image = shrink_image(dataset.load_image(name), max_long_side)
+        h, w = image.shape[:2]
+        _, pad = stride_grid(h, w, STRIDE)
+        x = F.pad(normalize_image(image, model.backbone.mean, model.backbone.std), pad).unsqueeze(0)
+        edge = model.boundary_map(x.to(device), flip=flip, min_size=min_size)
+        gh, gw = edge.shape[-2:]
+        mask = torch.from_numpy(shrink_mask(dataset.load_mask(name), (h, w)).astype(np.int64))
+        grid = cell_labels(mask, STRIDE)
+        bg_pos, fg_pos, neg = pair_labels(grid.to(device), *pair_indices(gh, gw, radius, device=device))
+        aff = path_max_affinity(edge[:, 0], radius).reshape(-1)
+        keep = bg_pos | fg_pos | neg
+        scores.append(aff[keep].cpu())
+        positive.append((bg_pos | fg_pos)[keep].cpu())
+    s, p = torch.cat(scores).numpy(), torch.cat(positive).numpy()
+    return {"ap": 100.0 * average_precision(s, p), "positive_pairs": int(p.sum()), "negative_pairs": int((~p).sum())}
+
+
+def run(ctx) -> dict:
+    """Train the boundary network into ``boundary/`` (resumes from ``last.pt``), or adopt ``boundary.checkpoint``."""
+    cfg = ctx.cfg.boundary
+    ds = ctx.train_set
+    val = ctx.val_set
+    walk = ctx.cfg.random_walk  # validation: the walk's radius, images shrunk as the walk shrinks them
+    validate = None
+    if val.has_masks and len(val):
+        validate = functools.partial(boundary_ap, dataset=val, device=ctx.device, radius=walk.radius,
+                                     max_long_side=walk.max_long_side, flip=cfg.test_flip,
+                                     min_size=cfg.crop_size if cfg.test_pad else 0)
+    if cfg.checkpoint:
+        import dataclasses
+
+        model = build_boundary(dataclasses.replace(cfg, pretrained="")).to(ctx.device)
+        summary = use_given_checkpoint(ctx, model, cfg.checkpoint)
+    else:
+        layout = ctx.layout
+        for name in ds.names[:1]:
+            require(layout.ir_label(name), "make_ir_labels")
+        model = build_boundary(cfg)
+        transform = TrainTransform("aff", cfg, model.backbone.mean, model.backbone.std)
+        data = LabelMapSet(ds, ds.names, functools.partial(_ir_label, layout), transform, seed=ctx.cfg.runtime.seed,
+                           reduce=functools.partial(cell_labels, stride=STRIDE))
+        loss_fn = functools.partial(boundary_batch_loss, radius=cfg.radius, reference_pairs=cfg.reference_pairs)
+        result = train_network(ctx, model, cfg, data, loss_fn, validate=validate)
+        summary = {"loss": round(result["final_loss"], 4)}
+    if ctx.is_main and validate is not None:
+        metrics = validate(model)
+        write_json(ctx.layout.stage_metrics(ctx.stage), metrics)
+        summary["ap"] = round(metrics["ap"], 2)
+    return summary
