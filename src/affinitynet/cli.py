@@ -1,4 +1,4 @@
-"""The ``affinitynet`` command line: run, demo, data synth, eval, predict, check."""
+"""The ``affinitynet`` command line: run, demo, data synth, eval, predict, sweep, export, check."""
 from __future__ import annotations
 
 import argparse
@@ -59,6 +59,20 @@ def cmd_predict(args) -> int:
     predict_images(Path(args.checkpoint), [Path(p) for p in args.images], Path(args.out), device=args.device,
                    scales=args.scales, flip=args.flip, crf=args.crf, fmt=args.format,
                    max_long_side=args.max_long_side)
+    return 0
+
+
+def cmd_sweep(args) -> int:
+    from .commands.sweep import sweep_command
+
+    sweep_command(Path(args.run_dir), args.stage, args.param, device=args.device)
+    return 0
+
+
+def cmd_export(args) -> int:
+    from .commands.export import export_labels
+
+    export_labels(Path(args.run_dir), args.format, Path(args.out), stage=args.stage, confidence=args.confidence)
     return 0
 
 
@@ -139,6 +153,33 @@ def build_parser() -> argparse.ArgumentParser:
                     help="png: OUT/NAME.png; voc-test: the VOC evaluation server's "
                          "results/VOC2012/Segmentation/comp6_test_cls layout")
     pr.set_defaults(func=cmd_predict)
+
+    sw = sub.add_parser("sweep", help="mIoU of a stage's labels over a parameter, from the run's saved outputs",
+                        description="Score a finished run's labels at several values of one parameter without "
+                        "re-running a network: cam bg_threshold (the CAM files), random_walk alpha, beta, logt "
+                        "(the cached pair affinities, random_walk.cache_affinity, else computed once per image). "
+                        "Prints a table and writes RUN_DIR/sweeps/STAGE_PARAM.json and .png.")
+    sw.add_argument("run_dir", help="a run directory")
+    sw.add_argument("--stage", required=True, choices=("cam", "random_walk"), help="whose labels to sweep")
+    sw.add_argument("--param", required=True, metavar="NAME=V1,V2,...", help="e.g. alpha=4,8,16,24 or "
+                    "bg_threshold=0.1,0.15,0.2")
+    sw.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    sw.set_defaults(func=cmd_sweep)
+
+    ex = sub.add_parser("export", help="write a run's labels for other tools (VOC aug, VOC test server, ...)",
+                        description="Formats: index (8-bit class-id PNGs, 255 ignored), palette (VOC palette "
+                        "PNGs), voc-aug (SegmentationClassAug/ + list files for mmsegmentation and "
+                        "deeplab-pytorch), voc-test (the VOC server's results/ layout and a .tar.gz), coco "
+                        "(index PNGs of a COCO run + classes.json). See docs/exports.md.")
+    ex.add_argument("run_dir", help="a run directory")
+    ex.add_argument("--format", required=True, choices=("index", "palette", "voc-aug", "voc-test", "coco"))
+    ex.add_argument("--out", required=True, help="output folder")
+    ex.add_argument("--stage", default="random_walk", choices=("random_walk", "segment"),
+                    help="random_walk: the training images' pseudo labels (default); segment: the evaluation "
+                         "split's predictions")
+    ex.add_argument("--confidence", type=float, default=None, metavar="T",
+                    help="random_walk only: pixels whose share of the walk's scores is below T become 255")
+    ex.set_defaults(func=cmd_export)
 
     c = sub.add_parser("check", help="validate a config and its data before a long run; report all problems")
     c.add_argument("config", help="YAML config file or preset name")

@@ -87,9 +87,9 @@ def label_to_pil(label: np.ndarray) -> Image.Image:
     return img
 
 
-def save_label_png(path, label: np.ndarray) -> None:
-    """Write an (H, W) class-id map as a VOC palette PNG, atomically."""
-    img = label_to_pil(label)
+def save_label_png(path, label: np.ndarray, *, palette: bool = True) -> None:
+    """Write an (H, W) class-id map as a VOC palette PNG (``palette=False``: a single-channel 8-bit PNG), atomically."""
+    img = label_to_pil(label) if palette else Image.fromarray(np.ascontiguousarray(label.astype(np.uint8)), mode="L")
     with atomic_path(path) as tmp:
         img.save(tmp, format="PNG")
 

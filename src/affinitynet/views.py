@@ -49,9 +49,16 @@ def _cam_rows(m: dict):
     return rows
 
 
+def _crf_rows(m: dict):
+    """A ``*_crf`` row of ``evaluate`` (eval.crf_rows): the dense CRF on the stage's soft scores."""
+    return [(f"{m.get('split', 'train')} mIoU, dense CRF", m.get("miou"))]
+
+
+# Keys that are no stage (cam_crf, random_walk_crf, segmentation_crf) are rows evaluate adds to metrics.json.
 VIEWS = {
     "train_cam": View("classifier", lambda m: [("val mAP (%)", m.get("map"))]),
     "make_cam": View("CAM labels", _cam_rows, _cam_picture),
+    "cam_crf": View("CAM labels + CRF", _crf_rows),
     "make_affinity_labels": View(
         "confident regions",
         lambda m: [("fg / bg precision, ignored (%)",
@@ -68,9 +75,11 @@ VIEWS = {
                                                    + (", class-boundary affinities" if m.get("affinity") == "boundary"
                                                       else ""), m.get("miou"))],
                         _label_picture(RunLayout.pseudo_label, label_colours)),
+    "random_walk_crf": View("random walk + CRF", _crf_rows),
     "train_segmentation": View(
         "segmentation network",
         lambda m: [("val mIoU, single scale", m["val_miou_single_scale"])] if "val_miou_single_scale" in m else []),
     "segment": View("segmentation", lambda m: [(f"{m.get('split', 'val')} mIoU", m.get("miou"))],
                     _label_picture(RunLayout.preview, label_colours)),
+    "segmentation_crf": View("segmentation + CRF", _crf_rows),
 }

@@ -24,7 +24,8 @@ def demo_table(run_dir: Path, results) -> str:
     secs = {r.name: r.seconds for r in results}
     rows = []
     for stage, view in VIEWS.items():
-        lines = view.rows(metrics[FOLDERS[stage]]) if FOLDERS[stage] in metrics else []
+        folder = FOLDERS.get(stage, stage)  # rows that are no stage (cam_crf, ...) are keyed by name
+        lines = view.rows(metrics[folder]) if folder in metrics else []
         if lines:
             measure, value = lines[0]
             rows.append((view.title, measure, _value(value), secs.get(stage, 0.0)))

@@ -106,6 +106,11 @@ class COCODataset(SegDataset):
             self._anns[name] = anns[image_id]
         super().__init__(root, classes, list(self._images))
 
+    @property
+    def category_ids(self) -> list[int]:
+        """The COCO category id of each class id 1..C, in order."""
+        return sorted(self._cat_to_label, key=self._cat_to_label.get)
+
     def image_path(self, name: str) -> Path:
         """``{image_dir}/{file_name}``."""
         return self.image_root / self._images[name]["file_name"]

@@ -1,6 +1,7 @@
 """``RUN_DIR/report.html``: one self-contained page about a run (inline CSS, SVG charts, base64 PNG images).
 
-The page shows the per-stage results, per-class IoU, the CAM threshold sweep, the loss curves of the
+The page shows the per-stage results (with the CRF rows when scored), per-class IoU, the CAM threshold
+sweep and ``affinitynet sweep`` plots, per-class precision / recall with confusion matrices, the loss curves of the
 training stages and a few training images beside each stage's picture of them and the ground truth. It
 only reads what the stages wrote (``affinitynet.views`` says how each is shown); whatever a run has not
 produced is left out with a note, and nothing is made up or recomputed.
@@ -14,7 +15,10 @@ from ..config import Config
 from ..io import read_json, write_text
 from ..layout import RunLayout, idle_stages
 from .charts import esc, finite, seconds
-from .sections import section_classes, section_images, section_summary, section_training, stage_rows
+from .scores import CSS as SCORES_CSS
+from .scores import section_per_class, section_sweeps
+from .sections import (section_classes, section_images, section_summary, section_training, split_of, stage_rows,
+                       stage_title)
 
 __all__ = ["render_report", "write_report", "stage_rows"]
 
@@ -85,6 +89,8 @@ def render_report(run_dir: Path, cfg: Config) -> str:
         _header(run_dir, cfg, manifest),
         section_summary(metrics, manifest, idle_stages(cfg.random_walk.affinity)),
         section_classes(metrics),
+        section_sweeps(layout),
+        section_per_class(metrics, stage_title, split_of),
         section_training(layout, idle_stages(cfg.random_walk.affinity)),
         section_images(layout, cfg, cfg.eval.report_images),
     ]
@@ -92,7 +98,7 @@ def render_report(run_dir: Path, cfg: Config) -> str:
         body.insert(1, '<section><p class="note">metrics.json not found: the evaluate stage has not run, '
                        'so no scores are shown.</p></section>')
     return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
-            f"<title>AffinityNet report: {esc(run_dir.name)}</title><style>{CSS}</style></head>"
+            f"<title>AffinityNet report: {esc(run_dir.name)}</title><style>{CSS}{SCORES_CSS}</style></head>"
             f"<body><main>{''.join(body)}</main></body></html>\n")
 
 

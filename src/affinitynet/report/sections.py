@@ -20,11 +20,13 @@ def stage_title(key: str) -> str:
     for stage, folder in FOLDERS.items():
         if folder == key and stage in VIEWS:
             return VIEWS[stage].title
+    if key in VIEWS:  # rows that are no stage's folder (cam_crf, ...)
+        return VIEWS[key].title
     return key.replace("_", " ")
 
 
 def split_of(key: str, m: dict) -> str:
-    return str(m.get("split", "val" if key == "segmentation" else "train"))
+    return str(m.get("split", "val" if key.startswith("segmentation") else "train"))
 
 
 def read_history(path: Path) -> list[dict]:
