@@ -62,6 +62,17 @@ def test_walk_sweep_equals_a_rerun_at_that_value(run, tmp_path, param, values, o
     assert len(set(result["miou"])) == 2  # the values do change the labels of this run
 
 
+def test_walk_bg_threshold_relabels_saved_scores_like_a_rerun(run, tmp_path):
+    r = _copy(run, tmp_path)
+    _rerun_stage(r, "random_walk", "random_walk.background=threshold")
+    shutil.rmtree(RunLayout(r).folder("random_walk") / "affinity")  # not needed: the walk itself is not redone
+    result = sweep_command(r, "random_walk", "bg_threshold=0.1,0.25", device="cpu")
+    assert result["inputs"] == "saved scores"
+    rerun = _rerun_stage(r, "random_walk", "random_walk.background=threshold", "random_walk.bg_threshold=0.1")
+    assert result["miou"][0] == pytest.approx(rerun["miou"], abs=1e-3)
+    assert result["miou"][0] != result["miou"][1]
+
+
 def test_walk_sweep_without_the_cache_computes_affinities_once(run, tmp_path):
     r = _copy(run, tmp_path)
     cached = sweep_command(r, "random_walk", "alpha=8,16", device="cpu")
@@ -85,7 +96,7 @@ def test_cam_sweep_equals_a_rerun_and_writes_its_files(run, tmp_path):
 
 
 @pytest.mark.parametrize("stage, text, match", [
-    ("random_walk", "gamma=1,2", "random_walk sweeps alpha, beta, logt"),
+    ("random_walk", "gamma=1,2", "random_walk sweeps alpha, beta, logt, bg_threshold"),
     ("random_walk", "alpha", "expected NAME=V1,V2"),
     ("random_walk", "logt=2.5", "values must be integers"),
     ("cam", "bg_threshold=0.2,1.5", r"must be in \(0, 1\)"),
@@ -213,3 +224,20 @@ def test_cli_sweep_and_export(run, tmp_path, capsys):
     out = capsys.readouterr().out
     assert "alpha" in out and "wrote 16 palette labels" in out
     assert cli.main(["sweep", str(tmp_path / "nothing"), "--stage", "cam", "--param", "bg_threshold=0.1"]) == 2
+
+
+def test_report_shows_crf_rows_confusion_and_precision(run):
+    import re
+
+    page = RunLayout(run).report.read_text()
+    m = json.loads(RunLayout(run).metrics.read_text())
+    for title, key in (("CAM labels + CRF", "cam_crf"), ("random walk + CRF", "random_walk_crf"),
+                       ("segmentation + CRF", "segmentation_crf")):
+        assert f"<td>{title}</td>" in page  # a row of the per-stage table
+        assert f'data-row="{key}"' in page  # a per-class card
+    card = re.search(r'<div class="card" data-row="random_walk">(.*?)</div></div>', page, re.S).group(1)
+    assert card.count('<table class="confusion">') == 1
+    conf = np.array(m["random_walk"]["confusion"], float)
+    share = 100 * conf[0, 0] / conf[0].sum()
+    assert f'title="background as background: {share:.1f}%"' in card
+    assert f"<td class=\"num\">{m['random_walk']['precision']['background']:.1f}</td>" in card

@@ -156,7 +156,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     sw = sub.add_parser("sweep", help="mIoU of a stage's labels over a parameter, from the run's saved outputs",
                         description="Score a finished run's labels at several values of one parameter without "
-                        "re-running a network: cam bg_threshold (the CAM files), random_walk alpha, beta, logt "
+                        "re-running a network: cam bg_threshold (the CAM files), random_walk bg_threshold (with "
+                        "random_walk.background=threshold: the walk's saved scores), alpha, beta, logt "
                         "(the cached pair affinities, random_walk.cache_affinity, else computed once per image). "
                         "Prints a table and writes RUN_DIR/sweeps/STAGE_PARAM.json and .png.")
     sw.add_argument("run_dir", help="a run directory")

@@ -3,6 +3,8 @@ from what the run already holds, never re-running a network.
 
 - ``cam``: ``bg_threshold``, the constant background score of the CAM labels (one pass over the CAM files
   gives every threshold, ``ops.metrics.cam_sweep``).
+- ``random_walk``: ``bg_threshold`` (``random_walk.background: threshold``): the walk does not depend on it, so
+  each image's saved scores (``random_walk/scores/``) are relabelled; nothing is walked again.
 - ``random_walk``: ``alpha``, ``beta``, ``logt``. Each image's pair affinities are read from
   ``random_walk/affinity/`` (``random_walk.cache_affinity``) or, without that cache, computed once per image
   by the affinity source; every value then runs only the walk (``stages.random_walk.walk_from_affinity``),
@@ -29,7 +31,8 @@ from ..ops.metrics import cam_sweep, confusion_matrix, scores
 from ..report.png_chart import line_chart_png
 from ..visualize import save_rgb
 
-PARAMS = {"cam": {"bg_threshold": float}, "random_walk": {"alpha": float, "beta": float, "logt": int}}
+PARAMS = {"cam": {"bg_threshold": float},
+          "random_walk": {"alpha": float, "beta": float, "logt": int, "bg_threshold": float}}
 STAGE_ALIASES = {"make_cam": "cam"}
 
 
@@ -50,9 +53,9 @@ def parse_param(stage: str, text: str) -> tuple[str, list]:
         raise ConfigError(f"--param {text}: values must be {'integers' if kind is int else 'numbers'}") from None
     if not values:
         raise ConfigError(f"--param {text}: no values")
-    bad = [v for v in values if (v < 0 if name == "logt" else not v > 0) or (name == "bg_threshold" and v >= 1)]
+    bad = [v for v in values if (v < 0 if name == "logt" else not v > 0) or (stage == "cam" and v >= 1)]
     if bad:
-        rule = {"logt": ">= 0", "bg_threshold": "in (0, 1)"}.get(name, "> 0")
+        rule = ">= 0" if name == "logt" else ("in (0, 1)" if stage == "cam" else "> 0")
         raise ConfigError(f"--param {name}: values must be {rule}, got {bad[0]}")
     return name, list(dict.fromkeys(values))
 
@@ -77,6 +80,30 @@ def sweep_cam(ctx, values) -> list[np.ndarray]:
     for name in ctx.progress(ds.names, desc="sweep cam"):
         keys, maps = load_cam(ctx.layout.cam(name))
         conf += cam_sweep(maps, keys, ds.load_mask(name), values, k)
+    return list(conf)
+
+
+def relabel_walk(ctx, values) -> list[np.ndarray]:
+    """(K, K + 1) confusion of the pseudo labels at each background threshold, from the walk's saved scores."""
+    from ..io import load_npz
+    from ..stages.common import require, scoring_set
+    from ..stages.random_walk import grid_to_image, threshold_background, walk_grid, walk_label
+
+    rw = ctx.cfg.random_walk
+    if rw.background != "threshold":
+        raise ConfigError(f"--param bg_threshold: this run's random_walk.background is {rw.background}; "
+                          f"its background comes from alpha (sweep alpha)")
+    ds = scoring_set(ctx)
+    k = ds.num_classes + 1
+    conf = np.zeros((len(values), k, k + 1), dtype=np.int64)
+    for name in ctx.progress(ds.names, desc="sweep random_walk bg_threshold"):
+        z = load_npz(require(ctx.layout.walk_scores(name), "random_walk"))
+        out = torch.from_numpy(z["scores"]).unsqueeze(0)
+        g = walk_grid(*z["size"].tolist(), rw, int(z["stride"]))
+        image, keys, gt = ds.load_image(name), z["keys"].astype(np.int64), ds.load_mask(name)
+        for i, v in enumerate(values):
+            scores = grid_to_image(threshold_background(g, out, v), g.size, g.scaled, g.stride)
+            conf[i] += confusion_matrix(walk_label(scores, keys, image, rw.crf), gt, k)
     return list(conf)
 
 
@@ -145,7 +172,8 @@ def sweep_command(run_dir: Path, stage: str, param_text: str, *, device: str = "
             confs, where = sweep_cam(ctx, values), "CAM files"
             current = ctx.cfg.eval.cam_bg_threshold
         else:
-            confs, where = sweep_walk(ctx, param, values)
+            confs, where = (relabel_walk(ctx, values), "saved scores") if param == "bg_threshold" else \
+                sweep_walk(ctx, param, values)
             current = getattr(ctx.cfg.random_walk, param)
     seconds = time.perf_counter() - t0
     per = [scores(c, ds.label_names) for c in confs]
