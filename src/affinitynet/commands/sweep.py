@@ -67,6 +67,8 @@ def run_context(run_dir: Path, device: str = "auto") -> StageContext:
         raise StageError(f"{run_dir} is not a run directory ({layout.config.name} not found)")
     cfg = config_mod.load(layout.config)
     cfg.runtime.device = device
+    if cfg.runtime.threads > 0:  # as the run did (runtime.threads)
+        torch.set_num_threads(cfg.runtime.threads)
     return StageContext(cfg=cfg, run_dir=Path(run_dir), device=resolve_device(device))
 
 
