@@ -71,6 +71,8 @@ def test_walk_bg_threshold_relabels_saved_scores_like_a_rerun(run, tmp_path):
     rerun = _rerun_stage(r, "random_walk", "random_walk.background=threshold", "random_walk.bg_threshold=0.1")
     assert result["miou"][0] == pytest.approx(rerun["miou"], abs=1e-3)
     assert result["miou"][0] != result["miou"][1]
+    with pytest.raises(ConfigError, match="does not use alpha"):
+        sweep_command(r, "random_walk", "alpha=4,8", device="cpu")
 
 
 def test_walk_sweep_without_the_cache_computes_affinities_once(run, tmp_path):

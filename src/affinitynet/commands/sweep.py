@@ -120,6 +120,9 @@ def sweep_walk(ctx, param: str, values) -> tuple[list[np.ndarray], str]:
     if rw.affinity not in AFFINITY_SOURCES:
         raise ConfigError(f"unknown random_walk.affinity '{rw.affinity}' (valid: {', '.join(AFFINITY_SOURCES)})")
     stride = AFFINITY_SOURCES[rw.affinity].stride
+    if param == "alpha" and getattr(rw, "background", "power") != "power":
+        raise ConfigError(f"--param alpha: this run's random_walk.background is {rw.background}, which does not use "
+                          f"alpha; sweep bg_threshold")
     ds = scoring_set(ctx)
     k = ds.num_classes + 1
     conf = np.zeros((len(values), k, k + 1), dtype=np.int64)
