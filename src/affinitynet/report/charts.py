@@ -175,7 +175,8 @@ def svg_bar_chart(items: list[tuple[str, float]], *, width: int = 460, vmax: flo
     items = [(label, float(v)) for label, v in items if finite(v)]
     if not items:
         return ""
-    left, right, top, row = 130, 56, 8, 28
+    left, right, top, row = max(130, 12 + int(6.8 * max(len(label) for label, _ in items))), 56, 8, 28
+    width = max(width, left + right + 200)
     pw = width - left - right
     height = top + row * len(items) + 22
     out = [f'<svg class="chart" width="{width}" height="{height}" viewBox="0 0 {width} {height}" '
