@@ -23,7 +23,8 @@ def line_chart_png(points: list[tuple[float, float]], *, title: str = "", xlabel
     font = ImageFont.load_default()
     xs = [x for x, _ in pts] + ([mark] if finite(mark) else [])
     ys = [y for _, y in pts]
-    xt, yt = nice_ticks(min(xs), max(xs), 6), nice_ticks(min(ys), max(ys), 5)
+    pad = 0.08 * (max(ys) - min(ys)) or 0.5  # room for the value labels above and below the line
+    xt, yt = nice_ticks(min(xs), max(xs), 6), nice_ticks(min(ys) - pad, max(ys) + pad, 5)
     left, right, top, bottom = 64, 24, 40 if title else 20, 52
     pw, ph = width - left - right, height - top - bottom
 
@@ -54,7 +55,7 @@ def line_chart_png(points: list[tuple[float, float]], *, title: str = "", xlabel
     for x, y in pts:
         r = 4 if (x, y) == best else 3
         d.ellipse([sx(x) - r, sy(y) - r, sx(x) + r, sy(y) + r], fill=MARK if (x, y) == best else LINE)
-        label = f"{y:.1f}"
+        label = f"{y:.2f}" if max(ys) - min(ys) < 2 else f"{y:.1f}"
         d.text((sx(x) - d.textlength(label, font=font) / 2, sy(y) - 16), label, fill=INK, font=font)
     if title:
         d.text((left, 12), title, fill=INK, font=font)
