@@ -141,3 +141,39 @@ def test_cam_sweep_equals_loop(c):
     loop = np.stack([confusion_matrix(cam_labels(cams, keys, t), gt, k) for t in thresholds])
     assert sweep.shape == (len(thresholds), k, k + 1)
     np.testing.assert_array_equal(sweep, loop)
+
+
+class _TwoImages:
+    """A dataset stand-in: two 2x2 images with masks, 2 classes + background."""
+
+    num_classes = 2
+    label_names = ["background", "a", "b"]
+    names = ["x", "y"]
+    masks = {"x": np.array([[0, 1], [1, 255]], np.uint8), "y": np.array([[2, 2], [0, 0]], np.uint8)}
+
+    def load_mask(self, name):
+        return self.masks[name]
+
+
+def test_accumulate_scores_against_a_given_target_instead_of_the_masks():
+    from affinitynet.scoring import accumulate
+
+    ds = _TwoImages()
+    trained_on = {"x": np.array([[0, 0], [1, 1]], np.uint8), "y": np.array([[2, 2], [2, 0]], np.uint8)}
+    pred = {"x": np.array([[0, 1], [1, 2]], np.uint8), "y": np.array([[2, 2], [0, 0]], np.uint8)}
+    vs_masks = accumulate(ds, ds.names, pred.__getitem__)
+    vs_target = accumulate(ds, ds.names, pred.__getitem__, target=trained_on.__getitem__)
+    assert vs_masks[:, :3].tolist() == [[3, 0, 0], [0, 2, 0], [0, 0, 2]]  # the 255 pixel is ignored
+    # rows: the labels trained on; x: 0->0, 0->1, 1->1, 1->2; y: 2->2, 2->2, 2->0, 0->0
+    assert vs_target[:, :3].tolist() == [[2, 1, 0], [0, 1, 1], [1, 0, 2]]
+    assert scores(vs_target, ds.label_names)["iou"]["a"] == pytest.approx(100 / 3)
+
+
+def test_segmentation_network_row_shows_its_fit_to_its_own_labels():
+    from affinitynet.views import VIEWS
+
+    rows = VIEWS["train_segmentation"].rows({"val_miou_single_scale": 50.0, "train_fit_miou": 70.0,
+                                             "labels": "pseudo"})
+    assert rows == [("val mIoU, single scale", 50.0), ("train mIoU vs its pseudo labels, single scale", 70.0)]
+    assert VIEWS["train_segmentation"].rows({"train_fit_miou": 90.0, "labels": "gt"})[0][0].endswith(
+        "vs the ground truth, single scale")

@@ -11,12 +11,17 @@ from .io import load_label_png
 from .ops.metrics import confusion_matrix, scores
 
 
-def accumulate(dataset, names, predict, *, progress=lambda it, **kw: it, desc: str = "scoring") -> np.ndarray:
-    """Sum of confusion matrices over ``names``; ``predict(name) -> (H, W) uint8`` label map."""
+def accumulate(dataset, names, predict, *, progress=lambda it, **kw: it, desc: str = "scoring",
+               target: Callable[[str], np.ndarray] | None = None) -> np.ndarray:
+    """Sum of confusion matrices over ``names``; ``predict(name) -> (H, W) uint8`` label map.
+
+    Scored against the dataset's masks, or against ``target(name) -> (H, W) uint8`` when given (e.g. the
+    labels a network was trained on).
+    """
     k = dataset.num_classes + 1
     conf = np.zeros((k, k + 1), dtype=np.int64)  # last column: predictions of 255 (misses)
     for name in progress(names, desc=desc, total=len(names)):
-        gt = dataset.load_mask(name)
+        gt = dataset.load_mask(name) if target is None else target(name)
         if gt is None:
             raise DataError(dataset.image_path(name), "no ground-truth mask to evaluate against")
         pred = predict(name)

@@ -54,6 +54,17 @@ def _crf_rows(m: dict):
     return [(f"{m.get('split', 'train')} mIoU, dense CRF", m.get("miou"))]
 
 
+def _segmentation_network_rows(m: dict):
+    """Its val mIoU beside how well it fits its own training labels (a gap between them is underfitting)."""
+    rows = []
+    if "val_miou_single_scale" in m:
+        rows.append(("val mIoU, single scale", m["val_miou_single_scale"]))
+    if "train_fit_miou" in m:
+        labels = {"pseudo": "its pseudo labels", "gt": "the ground truth"}.get(m.get("labels"), "its training labels")
+        rows.append((f"train mIoU vs {labels}, single scale", m["train_fit_miou"]))
+    return rows
+
+
 # Keys that are no stage (cam_crf, random_walk_crf, segmentation_crf) are rows evaluate adds to metrics.json.
 VIEWS = {
     "train_cam": View("classifier", lambda m: [("val mAP (%)", m.get("map"))]),
@@ -76,9 +87,7 @@ VIEWS = {
                                                       else ""), m.get("miou"))],
                         _label_picture(RunLayout.pseudo_label, label_colours)),
     "random_walk_crf": View("random walk + CRF", _crf_rows),
-    "train_segmentation": View(
-        "segmentation network",
-        lambda m: [("val mIoU, single scale", m["val_miou_single_scale"])] if "val_miou_single_scale" in m else []),
+    "train_segmentation": View("segmentation network", _segmentation_network_rows),
     "segment": View("segmentation", lambda m: [(f"{m.get('split', 'val')} mIoU", m.get("miou"))],
                     _label_picture(RunLayout.preview, label_colours)),
     "segmentation_crf": View("segmentation + CRF", _crf_rows),

@@ -58,8 +58,11 @@ def label_source(ctx, dataset):
 
 
 def segmentation_miou(model, dataset, device, *, scales=(1.0,), flip=False, limit: int = VAL_IMAGES,
-                      max_long_side: int = 0) -> dict:
-    """mIoU (%) of the network's predictions on up to ``limit`` images of ``dataset``."""
+                      max_long_side: int = 0, target=None) -> dict:
+    """mIoU (%) of the network's predictions on up to ``limit`` images of ``dataset``.
+
+    Against the dataset's masks, or against ``target(name) -> (H, W) uint8`` (e.g. its own training labels).
+    """
     from .segment import predict_label
 
     model.eval()
@@ -68,7 +71,7 @@ def segmentation_miou(model, dataset, device, *, scales=(1.0,), flip=False, limi
         return predict_label(model, dataset.load_image(name), device, scales=scales, flip=flip,
                              max_long_side=max_long_side)
 
-    return scores(accumulate(dataset, dataset.names[:limit], predict), dataset.label_names)
+    return scores(accumulate(dataset, dataset.names[:limit], predict, target=target), dataset.label_names)
 
 
 CLASSIFIER = "classifier"  # segmentation.pretrained value: start from this run's classifier backbone
@@ -92,7 +95,8 @@ def run(ctx) -> dict:
     cfg = ctx.cfg.segmentation
     ds = ctx.train_set
     model = build_network(ctx, ds.num_classes + 1)
-    data = LabelMapSet(ds, ds.names, label_source(ctx, ds),
+    labels = label_source(ctx, ds)
+    data = LabelMapSet(ds, ds.names, labels,
                        TrainTransform("seg", cfg, model.backbone.mean, model.backbone.std,
                                       max_long_side=cfg.max_long_side), seed=ctx.cfg.runtime.seed)
     val = ctx.val_set
@@ -102,7 +106,15 @@ def run(ctx) -> dict:
                                                         max_long_side=cfg.test_max_long_side)["miou"]}
     result = train_network(ctx, model, cfg, data, segmentation_loss, validate=validate)
     summary = {"loss": round(result["final_loss"], 4)}
-    if ctx.is_main and validate is not None:
-        summary["val_miou_single_scale"] = round(validate(model)["miou"], 2)
-        write_json(ctx.layout.stage_metrics(ctx.stage), summary)
+    if not ctx.is_main:
+        return summary
+    # How well the network fits the labels it was trained on: a network far below its own training labels
+    # underfits them (schedule, noise), which no amount of label quality fixes.
+    fit = segmentation_miou(model, ds, ctx.device, limit=VAL_IMAGES, max_long_side=cfg.test_max_long_side,
+                            target=labels)
+    metrics = {**summary, "train_fit_miou": round(fit["miou"], 2), "train_fit": fit, "labels": cfg.labels}
+    if validate is not None:
+        summary["val_miou_single_scale"] = metrics["val_miou_single_scale"] = round(validate(model)["miou"], 2)
+    summary["train_fit_miou"] = metrics["train_fit_miou"]
+    write_json(ctx.layout.stage_metrics(ctx.stage), metrics)
     return summary
