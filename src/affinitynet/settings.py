@@ -152,7 +152,7 @@ class BoundaryConfig:
     """The class boundary network (train_boundary; IRN, docs/irn.md)."""
 
     backbone: str = "tiny"
-    pretrained: str = ""  # ImageNet weights; the backbone stays frozen, only the boundary layers train
+    pretrained: str = ""  # ImageNet weights, or "classifier" (this run's); the backbone stays frozen
     checkpoint: str = ""  # a trained boundary network (ours): used as is, no training
     output_stride: int = 16
     dilated: bool = True  # false: layers past the output stride undilated (IRN's ResNet-50, strides 2, 2, 2, 1)

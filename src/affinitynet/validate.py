@@ -35,7 +35,7 @@ def _check_weights(report: Problems, key: str, path: str, backbone: str) -> None
 
     from .models.pretrained import IMAGENET, IMAGENET_URLS
 
-    if not path or (key == "segmentation.pretrained" and path == "classifier"):  # this run's classifier
+    if not path or (key in ("segmentation.pretrained", "boundary.pretrained") and path == "classifier"):  # this run's
         return
     if path == IMAGENET:
         if backbone not in IMAGENET_URLS:
@@ -123,6 +123,15 @@ def _check_boundary(report: Problems, cfg: Config, files: bool) -> None:
     _at_least(report, "ir_labels.crf_iters", r.crf_iters, 1)
     _at_least(report, "ir_labels.workers", r.workers, 1)
     _positive(report, "random_walk.bg_threshold", w.bg_threshold)
+    if b.pretrained == "classifier" and w.affinity == "boundary":
+        from .cam_import import FORMATS
+
+        if cfg.cam.method in FORMATS:
+            report.add("boundary.pretrained", f"'classifier' needs this run's classifier, which cam.method "
+                                              f"{cfg.cam.method} does not train; give a weights file")
+        if b.backbone != cfg.cam.backbone:
+            report.add("boundary.backbone", f"boundary.pretrained=classifier needs the classifier's backbone "
+                                            f"({cfg.cam.backbone}), got {b.backbone}")
 
 
 def config_problems(cfg: Config, report: Problems | None = None, *, files: bool = True) -> Problems:

@@ -87,7 +87,7 @@ STAGES: tuple[StageSpec, ...] = (
               ("ir_labels",), upstream=("make_cam",), outputs=(_out("make_ir_labels"),),
               exclude=_WORKERS, needed=_for_source("make_ir_labels", unless_given="boundary")),
     StageSpec("train_boundary", train_boundary.run, "train the class boundary network on relation pairs (IRN)",
-              ("boundary",), upstream=("make_ir_labels",), outputs=(_out("train_boundary", "final.pt"),),
+              ("boundary",), upstream=("train_cam", "make_ir_labels"), outputs=(_out("train_boundary", "final.pt"),),
               exclude=_BOUNDARY_INFERENCE, files=_given("boundary"), needed=_for_source("train_boundary")),
     StageSpec("random_walk", random_walk.run, "propagate CAMs with pair affinities -> pseudo labels",
               ("random_walk",) + _BOUNDARY_INFERENCE, upstream=("make_cam", "train_affinitynet", "train_boundary"),

@@ -19,7 +19,8 @@ import torch.nn.functional as F
 from ..conventions import normalize_image
 from ..data.transforms import LabelMapSet, TrainTransform
 from ..io import load_label_png, write_json
-from ..models import build_boundary
+from ..errors import ConfigError
+from ..models import build_boundary, load_backbone_weights
 from ..models.boundary import STRIDE
 from ..ops.affinity import affinity_loss
 from ..ops.bound import shrink_image, shrink_mask
@@ -30,6 +31,7 @@ from ..ops.relations import cell_labels
 from .common import require, stride_grid, train_network, use_given_checkpoint
 
 VAL_IMAGES = 200  # held-out images scored after each epoch
+CLASSIFIER = "classifier"  # boundary.pretrained value: the frozen backbone is this run's classifier's
 
 
 def _ir_label(layout, name: str) -> np.ndarray:
@@ -77,6 +79,21 @@ def boundary_ap(model, dataset, device, radius: int, limit: int = VAL_IMAGES, *,
     return {"ap": 100.0 * average_precision(s, p), "positive_pairs": int(p.sum()), "negative_pairs": int((~p).sum())}
 
 
+def build_network(ctx):
+    """The boundary network with ``boundary.pretrained`` in its backbone (``classifier``: this run's classifier's)."""
+    cfg = ctx.cfg.boundary
+    if cfg.pretrained != CLASSIFIER:
+        return build_boundary(cfg)
+    if cfg.backbone != ctx.cfg.cam.backbone:
+        raise ConfigError(f"boundary.pretrained=classifier needs the classifier's backbone ({ctx.cfg.cam.backbone}), "
+                          f"not {cfg.backbone}")
+    import dataclasses
+
+    model = build_boundary(dataclasses.replace(cfg, pretrained=""))
+    load_backbone_weights(model.backbone, require(ctx.layout.network("train_cam"), "train_cam"))
+    return model
+
+
 def run(ctx) -> dict:
     """Train the boundary network into ``boundary/`` (resumes from ``last.pt``), or adopt ``boundary.checkpoint``."""
     cfg = ctx.cfg.boundary
@@ -97,7 +114,7 @@ def run(ctx) -> dict:
         layout = ctx.layout
         for name in ds.names[:1]:
             require(layout.ir_label(name), "make_ir_labels")
-        model = build_boundary(cfg)
+        model = build_network(ctx)
         transform = TrainTransform("aff", cfg, model.backbone.mean, model.backbone.std)
         data = LabelMapSet(ds, ds.names, functools.partial(_ir_label, layout), transform, seed=ctx.cfg.runtime.seed,
                            reduce=functools.partial(cell_labels, stride=STRIDE))
