@@ -309,7 +309,7 @@ CPU_OOM = RuntimeError("[enforce fail at alloc_cpu.cpp:117] data. DefaultCPUAllo
 OUT_OF_MEMORY = {
     "make_cam": ("cam", "train_*.npz", N_TRAIN, "affinitynet.stages.cam_sources.multiscale_cam", CUDA_OOM,
                  "cam.max_long_side"),
-    "random_walk": ("random_walk", "train_*.png", N_TRAIN, "affinitynet.stages.random_walk.walk_scores", CPU_OOM,
+    "random_walk": ("random_walk", "train_*.png", N_TRAIN, "affinitynet.stages.random_walk.walk", CPU_OOM,
                     "random_walk.max_long_side"),
     "segment": ("segmentation", "val_*.png", N_VAL, "affinitynet.stages.segment.predict_label", CUDA_OOM,
                 "segmentation.test_max_long_side"),
