@@ -222,6 +222,19 @@ def test_deeplab_num_classes_read_from_state(head):
         deeplab_num_classes(Classifier(build_backbone("tiny"), 3).state_dict(), source="cls.pth")
 
 
+def test_largefov_dropout_is_element_wise_at_the_configured_rate():
+    torch.manual_seed(0)
+    model = build_deeplab(SegmentationConfig(head_dropout=0.3), 3)
+    drops = [m for m in model.head if isinstance(m, nn.Dropout)]
+    assert [d.p for d in drops] == [0.3, 0.3]
+    x = drops[0].train()(torch.ones(2, 64, 8, 8))
+    zero = (x == 0).float().mean(dim=(2, 3))  # per sample and channel: a share of the cells, not all or none
+    assert ((zero > 0) & (zero < 1)).all()
+    assert x.eq(0).float().mean().item() == pytest.approx(0.3, abs=0.03)
+    assert not [m for m in build_deeplab(SegmentationConfig(head_dropout=0.0), 3).head
+                if isinstance(m, nn.Dropout) and m.p > 0]
+
+
 def test_deeplab_rejects_unknown_head():
     with pytest.raises(ConfigError, match="largefov"):
         DeepLab(build_backbone("tiny"), 3, head="fcn")
@@ -492,3 +505,14 @@ def test_deeplab_head_rate_sets_the_dilations():
     assert [b.dilation[0] for b in aspp.head.branches] == [6, 12, 18, 24]
     x = torch.randn(1, 3, 40, 40)
     assert fov(x).shape == aspp(x).shape == (1, 4, 5, 5)
+
+
+def test_head_dropout_out_of_range_is_a_config_problem():
+    from affinitynet.config import Config
+    from affinitynet.validate import config_problems
+
+    cfg = Config()
+    cfg.segmentation.head_dropout = 1.0
+    assert "segmentation.head_dropout" in dict(config_problems(cfg, files=False))
+    cfg.segmentation.head_dropout = 0.0
+    assert "segmentation.head_dropout" not in dict(config_problems(cfg, files=False))

@@ -203,6 +203,7 @@ class SegmentationConfig:
     pretrained: str = ""  # a weights file, or "classifier": this run's trained classifier backbone
     head: str = "largefov"  # largefov | aspp
     head_rate: int = 12  # LargeFOV dilation (ASPP: rate/2, rate, 1.5 rate, 2 rate); 12 suits 40-60 cell feature maps
+    head_dropout: float = 0.5  # LargeFOV's element-wise dropout after each of its two hidden layers (DeepLab-v1's)
     output_stride: int = 8
     labels: str = "pseudo"  # pseudo (this run's random-walk labels) | gt (fully supervised upper bound) | a folder
     epochs: int = 20

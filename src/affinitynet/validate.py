@@ -172,6 +172,8 @@ def config_problems(cfg: Config, report: Problems | None = None, *, files: bool 
     s = cfg.segmentation
     if s.head not in HEADS:
         report.add("segmentation.head", f"unknown segmentation head '{s.head}' (valid: {', '.join(HEADS)})")
+    if not 0 <= s.head_dropout < 1:
+        report.add("segmentation.head_dropout", f"must be in [0, 1), got {s.head_dropout}")
     if files and s.labels not in ("pseudo", "gt") and not Path(s.labels).is_dir():
         report.add("segmentation.labels", f"must be pseudo, gt or a folder of label PNGs; {s.labels} is not a folder")
     r = s.scale_range

@@ -61,7 +61,8 @@ def build_affinitynet(section) -> AffinityNet:
 
 def build_deeplab(section, num_classes: int) -> DeepLab:
     """DeepLab from a ``SegmentationConfig`` (backbone, pretrained, output_stride, head); K classes incl. background."""
-    net = DeepLab(_backbone_from(section), num_classes, head=section.head, rate=section.head_rate)
+    net = DeepLab(_backbone_from(section), num_classes, head=section.head, rate=section.head_rate,
+                  dropout=section.head_dropout)
     net.model_args = {"network": "deeplab", "backbone": section.backbone, "output_stride": section.output_stride,
                       "num_classes": num_classes, "head": section.head, "rate": section.head_rate}
     return net

@@ -104,12 +104,16 @@ class AffinityNet(_Net):
 
 
 class LargeFOV(nn.Sequential):
-    """DeepLab-v1 LargeFOV head: 3x3 dilation-12 conv, 1x1 conv (ReLU + dropout each), 1x1 to classes."""
+    """DeepLab-v1 LargeFOV head: 3x3 dilation-12 conv, 1x1 conv (ReLU + dropout each), 1x1 to classes.
+
+    The dropout is element-wise, as DeepLab's ``drop6`` / ``drop7`` layers (Caffe's Dropout), not whole
+    channels: with a narrow head, channel dropout at 0.5 removes half of its features from every sample.
+    """
 
     def __init__(self, in_channels: int, num_classes: int, width: int = 1024, dropout: float = 0.5, rate: int = 12):
         super().__init__(
-            nn.Conv2d(in_channels, width, 3, padding=rate, dilation=rate), nn.ReLU(inplace=True), nn.Dropout2d(dropout),
-            nn.Conv2d(width, width, 1), nn.ReLU(inplace=True), nn.Dropout2d(dropout),
+            nn.Conv2d(in_channels, width, 3, padding=rate, dilation=rate), nn.ReLU(inplace=True), nn.Dropout(dropout),
+            nn.Conv2d(width, width, 1), nn.ReLU(inplace=True), nn.Dropout(dropout),
             nn.Conv2d(width, num_classes, 1),
         )
         for m in self:
