@@ -123,3 +123,33 @@ def test_render_samples(tmp_path):
 
     with Image.open(out) as im:
         assert im.size == (3 * 68 + 4, 2 * 68 + 4)
+
+
+def test_shapes_style_ties_each_class_to_a_body_shape_and_is_recorded(tmp_path):
+    from affinitynet.data.synthetic import _body_mask
+
+    objects = [o for i in range(30) for o in render_image(96, 5, np.random.default_rng([3, 0, i]), "shapes")["objects"]
+               if o["kind"] == "object"]
+    assert {o["cls"] for o in objects} == set(range(1, 6))
+    assert max(o["part"][2] for o in objects) <= round(96 * 0.09)  # a small mark
+    # the class decides the body: the rounded triangles of class 5 fill less of their box than class 1's ellipses
+    fill = {c: np.mean([o["area"] / ((o["bbox"][2] - o["bbox"][0] + 1) * (o["bbox"][3] - o["bbox"][1] + 1))
+                        for o in objects if o["cls"] == c]) for c in (1, 5)}
+    assert fill[5] < fill[1] - 0.05
+    tri, _, _ = _body_mask(96, np.random.default_rng(0), family=4)
+    ell, _, _ = _body_mask(96, np.random.default_rng(0), family=0)
+    assert tri.sum() < ell.sum()  # same axes, same rotation
+    cfg = DataConfig(kind="synthetic", root=str(tmp_path / "s"),
+                     synthetic=SyntheticOptions(train=3, val=1, size=64, classes=3, style="shapes"))
+    root = ensure_synthetic(cfg)
+    assert json.loads((root / "synthetic.json").read_text())["params"]["style"] == "shapes"
+    assert all_files(root) == all_files(generate(tmp_path / "again", train=3, val=1, size=64, classes=3,
+                                                 style="shapes"))
+    cfg.synthetic.style = "parts"  # another style is another set
+    with pytest.raises(ConfigError, match="synthetic set"):
+        ensure_synthetic(cfg)
+    with pytest.raises(ConfigError, match="style"):
+        generate(tmp_path / "bad", style="stars")
+    # the default style's marker names no style, so sets made before styles existed stay valid
+    plain = generate(tmp_path / "plain", train=1, val=1, size=64, classes=2)
+    assert "style" not in json.loads((plain / "synthetic.json").read_text())["params"]

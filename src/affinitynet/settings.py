@@ -40,6 +40,7 @@ class SyntheticOptions:
     size: int = 128
     classes: int = 5
     seed: int = 0
+    style: str = "parts"  # parts: the class is told by a patch on the body | shapes: by body shape + a small mark
 
 
 @dataclass

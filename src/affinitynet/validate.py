@@ -152,7 +152,7 @@ def config_problems(cfg: Config, report: Problems | None = None, *, files: bool 
     if d.voc.labels_from not in LABEL_SOURCES:
         report.add("data.voc.labels_from", f"must be one of {', '.join(LABEL_SOURCES)}, got '{d.voc.labels_from}'")
     if d.kind == "synthetic":
-        from .data.synthetic import PATTERNS
+        from .data.synthetic import PATTERNS, STYLES
 
         syn = d.synthetic
         _at_least(report, "data.synthetic.train", syn.train, 1)
@@ -161,6 +161,8 @@ def config_problems(cfg: Config, report: Problems | None = None, *, files: bool 
         if not 1 <= syn.classes <= len(PATTERNS):
             report.add("data.synthetic.classes", f"the synthetic set has 1 to {len(PATTERNS)} classes, "
                                                  f"got {syn.classes}")
+        if syn.style not in STYLES:
+            report.add("data.synthetic.style", f"unknown style '{syn.style}' (valid: {', '.join(STYLES)})")
 
     _check_network(report, "cam", cfg.cam, resize=True, files=files)
     _check_scales(report, "cam.scales", cfg.cam.scales)

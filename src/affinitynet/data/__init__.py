@@ -17,8 +17,11 @@ class SyntheticDataset(VOCDataset):
 
 
 def synthetic_params(cfg: DataConfig) -> dict:
-    """The synthetic set's generation parameters (as its marker file records them)."""
-    return dataclasses.asdict(cfg.synthetic)
+    """The synthetic set's generation parameters (as its marker file records them; the default style unnamed)."""
+    params = dataclasses.asdict(cfg.synthetic)
+    if params.get("style") == "parts":
+        del params["style"]
+    return params
 
 
 def ensure_synthetic(cfg: DataConfig) -> Path:

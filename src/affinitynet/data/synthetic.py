@@ -5,7 +5,8 @@ palette shared by all classes, carrying one small *part*: a square patch with a 
 pattern (stripes, checkerboard, dots, rings, ...). Only the part tells the class, so a classifier looks at
 the part and its CAM covers little of the body; the mask labels the whole body. Distractor bodies (no part,
 or a plain decoy patch) and a cluttered background make "there is a body" carry no class information.
-See docs/synthetic.md for the measured statistics.
+``style="shapes"`` builds a second kind of problem from the same parts: each class has its own body shape
+and a smaller mark, with no class evidence over the rest of the body. See docs/synthetic.md.
 """
 from __future__ import annotations
 
@@ -31,6 +32,7 @@ BODY_COLOURS = np.array([
 BODY_ECHO = 24.0  # amplitude (grey levels) of the faint class pattern over an object's whole body
 MIN_CONTRAST = 90.0  # Euclidean RGB distance between a body colour and the background under it
 SPLITS = ("train", "val")
+STYLES = ("parts", "shapes")  # class told by the part alone | by the body's shape family and a small mark
 
 
 def class_names(classes: int) -> list[str]:
@@ -68,8 +70,8 @@ def _pattern(kind: str, p: int, unit: int, rng: np.random.Generator) -> np.ndarr
     raise ValueError(f"unknown pattern {kind!r}")
 
 
-def _body_mask(size: int, rng: np.random.Generator) -> tuple[np.ndarray, tuple[slice, slice], tuple]:
-    """(size, size) bool body of a random shape family, its bounding window and its (cx, cy, major semi-axis)."""
+def _body_mask(size: int, rng: np.random.Generator, family: int | None = None) -> tuple[np.ndarray, tuple, tuple]:
+    """(size, size) bool body of shape ``family`` (0-4; random 0-3 if None), its window and (cx, cy, major semi-axis)."""
     a = size * rng.uniform(0.26, 0.48) / 2
     b = a * rng.uniform(0.65, 1.0)
     cx, cy = rng.uniform(0.6 * a, size - 0.6 * a, size=2)
@@ -81,14 +83,14 @@ def _body_mask(size: int, rng: np.random.Generator) -> tuple[np.ndarray, tuple[s
     dx, dy = x.astype(np.float32) - cx, y.astype(np.float32) - cy
     xr = dx * np.cos(phi) + dy * np.sin(phi)
     yr = -dx * np.sin(phi) + dy * np.cos(phi)
-    shape = rng.integers(0, 4)
+    shape = rng.integers(0, 4) if family is None else family
     if shape == 0:  # ellipse
         m = (xr / a) ** 2 + (yr / b) ** 2 <= 1
     elif shape == 1:  # rounded rectangle (superellipse)
         e = rng.uniform(3, 5)
         m = np.abs(xr / a) ** e + np.abs(yr / b) ** e <= 1
-    elif shape == 2:  # rounded polygon
-        n = int(rng.integers(5, 8))
+    elif shape in (2, 4):  # rounded polygon (4: a rounded triangle)
+        n = int(rng.integers(5, 8)) if shape == 2 else 3
         theta = np.arctan2(yr, xr * b / a)
         poly = np.cos(np.pi / n) / np.cos(np.mod(theta, 2 * np.pi / n) - np.pi / n)
         m = np.hypot(xr, yr * a / b) <= a * (0.55 * poly + 0.45)
@@ -152,8 +154,9 @@ def _boundary(inst: np.ndarray) -> np.ndarray:
     return band
 
 
-def render_image(size: int, classes: int, rng: np.random.Generator) -> dict:
+def render_image(size: int, classes: int, rng: np.random.Generator, style: str = "parts") -> dict:
     """One synthetic image: dict(image (S,S,3) uint8, mask (S,S) uint8, part (S,S) bool, objects [dict])."""
+    shapes = style == "shapes"
     names = class_names(classes)
     unit = max(2, round(4 * size / 128))
     img = _background(size, rng)
@@ -168,14 +171,16 @@ def render_image(size: int, classes: int, rng: np.random.Generator) -> dict:
     kinds = ["distractor"] * n_dis + ["object"] * n_obj  # distractors lie under the objects
     objects = []
     for kind in kinds:
+        c = int(rng.integers(classes)) if shapes and kind == "object" else None
+        family = None if not shapes else (c % 5 if c is not None else int(rng.integers(0, 5)))
         for _ in range(40):
-            body, (ys, xs), (cx, cy, a) = _body_mask(size, rng)
+            body, (ys, xs), (cx, cy, a) = _body_mask(size, rng, family)
             area = int(body.sum())
             if area < 0.02 * size * size or (body & keep_out).any():
                 continue
             if any((body & m).sum() > 0.15 * min(area, int(m.sum())) for m in occupied):
                 continue
-            p = int(max(6, round(size * rng.uniform(0.12, 0.16))))
+            p = int(max(6, round(size * (rng.uniform(0.07, 0.09) if shapes else rng.uniform(0.12, 0.16)))))
             spots = np.argwhere(_fits(body[ys, xs], p + 2)) + (ys.start, xs.start)  # part + 1 px margin
             if len(spots) == 0:
                 continue
@@ -195,11 +200,12 @@ def render_image(size: int, classes: int, rng: np.random.Generator) -> dict:
         y0, x0 = spots[rng.integers(len(spots))] + 1
         obj = {"kind": kind, "bbox": [int(xx.min()), int(yy.min()), int(xx.max()), int(yy.max())]}
         if kind == "object":
-            c = int(rng.integers(classes))
-            # a faint echo of the class pattern over the whole body: weak evidence, like the fur of a cat
-            # beside its face, so the CAM is low but not zero there
-            echo = _pattern(names[c], size, unit, rng)[yy, xx]
-            img[yy, xx] += BODY_ECHO * np.where(echo, 1.0, -1.0)[:, None]
+            if not shapes:
+                c = int(rng.integers(classes))
+                # a faint echo of the class pattern over the whole body: weak evidence, like the fur of a cat
+                # beside its face, so the CAM is low but not zero there
+                echo = _pattern(names[c], size, unit, rng)[yy, xx]
+                img[yy, xx] += BODY_ECHO * np.where(echo, 1.0, -1.0)[:, None]
             pat = _pattern(names[c], p, unit, rng)
             dark, light = rng.uniform(0, 45), rng.uniform(210, 255)
             patch = np.where(pat, light, dark)[..., None] + rng.normal(0, 5, (p, p, 3))
@@ -248,9 +254,12 @@ def _annotation_xml(name: str, size: int, objects: list[dict]) -> str:
     return ET.tostring(root, encoding="unicode") + "\n"
 
 
-def generate(out, *, train: int = 240, val: int = 60, size: int = 128, classes: int = 5, seed: int = 0) -> Path:
+def generate(out, *, train: int = 240, val: int = 60, size: int = 128, classes: int = 5, seed: int = 0,
+             style: str = "parts") -> Path:
     """Write the synthetic set in VOC layout to ``out`` (same bytes for the same arguments); returns ``out``."""
     names_cls = class_names(classes)
+    if style not in STYLES:
+        raise ConfigError(f"unknown synthetic style '{style}' (valid: {', '.join(STYLES)})")
     if size < 48:
         raise ConfigError(f"the synthetic set needs images of at least 48 px, got {size}")
     if train < 1 or val < 1:
@@ -269,7 +278,7 @@ def generate(out, *, train: int = 240, val: int = 60, size: int = 128, classes: 
         for i in range(count):
             name = f"{split}_{i:05d}"
             rng = np.random.default_rng([seed, split_id, i])
-            r = render_image(size, classes, rng)
+            r = render_image(size, classes, rng, style)
             with io.atomic_path(out / "JPEGImages" / f"{name}.jpg") as tmp:
                 Image.fromarray(r["image"]).save(tmp, format="JPEG", quality=95)
             io.save_label_png(out / "SegmentationClass" / f"{name}.png", r["mask"])
@@ -305,7 +314,8 @@ def generate(out, *, train: int = 240, val: int = 60, size: int = 128, classes: 
         "mean_part_fraction_of_object": round(float(np.mean(part_frac)), 4),
         "part_only_miou": round(scores(conf, ["background"] + names_cls)["miou"], 2),
     }
-    params = {"train": train, "val": val, "size": size, "classes": classes, "seed": seed}
+    params = {"train": train, "val": val, "size": size, "classes": classes, "seed": seed,
+              **({"style": style} if style != "parts" else {})}  # sets made before styles existed stay valid
     io.write_json(out / MARKER, {"generator": "affinitynet.data.synthetic", "version": VERSION, "params": params,
                                  "classes": names_cls, "stats": stats})
     return out
