@@ -212,3 +212,38 @@ def test_irn_cpu_preset_shares_the_classifier_and_cams_of_the_cpu_preset():
     assert ours.to_dict()["data"] == base.to_dict()["data"] and ours.to_dict()["cam"] == base.to_dict()["cam"]
     assert ours.random_walk.affinity == "boundary" and base.random_walk.affinity == "affinitynet"
     assert not config_problems(ours, files=False)
+
+
+def test_irn_voc_preset_holds_irns_settings():
+    cfg = config.load(config.resolve_config_path("voc12_irn_resnet50"))
+    base = config.load(config.resolve_config_path("voc12_resnet50"))
+    assert cfg.to_dict()["cam"] == base.to_dict()["cam"]  # IRN's CAM step, as voc12_resnet50 has it
+    r, b, w = cfg.ir_labels, cfg.boundary, cfg.random_walk
+    assert (r.fg_threshold, r.bg_threshold, r.crf, r.crf_gt_prob, r.crf_iters) == (0.30, 0.05, True, 0.7, 10)
+    assert (r.crf_gauss_sxy, r.crf_gauss_compat, r.crf_bilateral_sxy, r.crf_bilateral_srgb,
+            r.crf_bilateral_compat) == (3, 3, 50, 5, 10)
+    assert (b.backbone, b.output_stride, b.dilated, b.radius, b.reference_pairs) == ("resnet50", 16, False, 10, True)
+    assert (b.epochs, b.batch_size, b.lr, b.weight_decay, b.momentum, b.poly_power) == (3, 32, 0.1, 1e-4, 1e-4, 0.9)
+    assert (b.crop_size, b.scale_range, b.resize_long, b.resample, b.color_jitter) == (512, [0.5, 1.5], [],
+                                                                                       "bicubic", 0.0)
+    assert b.test_flip and b.test_pad
+    assert (w.affinity, w.background, w.bg_threshold, w.scale) == ("boundary", "threshold", 0.25, 1.0)
+    assert (w.radius, w.beta, w.logt, w.reference_pairs) == (5, 10, 8, False)
+    assert (cfg.eval.cam_bg_threshold, cfg.eval.score_split) == (0.15, "train")
+    assert not config_problems(cfg, files=False)
+
+
+def test_path_max_affinity_gradient_equals_the_elementwise_maximum_chain():
+    edge = torch.rand(2, 6, 7, generator=torch.Generator().manual_seed(5), requires_grad=True)
+    weights = torch.rand(2, pair_indices(6, 7, 4)[0].numel())
+    (path_max_affinity(edge, 4) * weights).sum().backward()
+    expected = torch.zeros_like(edge)
+    paths, valid = path_indices(6, 7, 4)
+    for b in range(2):
+        flat = edge[b].detach().reshape(-1)
+        values = torch.where(valid, flat[paths], torch.tensor(-1.0))
+        top = paths[torch.arange(len(paths)), values.argmax(1)]
+        expected[b].view(-1).index_add_(0, top, -weights[b])
+    assert torch.allclose(edge.grad, expected)
+    with torch.no_grad():
+        assert torch.equal(path_max_affinity(edge, 4), path_max_affinity(edge.detach(), 4))
