@@ -178,3 +178,17 @@ def test_pipeline_runs_on_imported_cams(tmp_path, capsys):
     keys, maps = load_cam(tmp_path / "run" / "cam" / f"{ds.names[0]}.npz")
     np.testing.assert_array_equal(keys, np.flatnonzero(ds.load_labels(ds.names[0])) + 1)
     assert (tmp_path / "run" / "random_walk" / f"{ds.names[0]}.png").is_file()
+
+
+def test_config_rules_for_imported_cams(tmp_path):
+    from affinitynet import config
+    from affinitynet.validate import config_problems
+
+    cfg = config.Config()
+    cfg.cam.method = "import_irn"
+    cfg.segmentation.pretrained = "classifier"
+    found = dict(config_problems(cfg, files=False))
+    assert "reads the CAM files of this folder" in found["cam.import_dir"]
+    assert "does not train" in found["segmentation.pretrained"]
+    cfg.cam.import_dir, cfg.segmentation.pretrained = str(tmp_path), ""
+    assert not [k for k, _ in config_problems(cfg, files=False) if k.startswith(("cam.", "segmentation."))]
