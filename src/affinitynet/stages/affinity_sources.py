@@ -2,8 +2,9 @@
 
 ``random_walk`` asks ``AFFINITY_SOURCES[random_walk.affinity]`` for the affinities of every pair of cells
 within the radius on the image's feature grid (``pair_indices`` order) and hands them to the one exact
-sparse walk. A new source (e.g. affinities from a class-boundary map) is one subclass here plus its entry
-in ``AFFINITY_SOURCES``; it says on which grid it works through ``stride``. Sources are built inside the
+sparse walk. Two exist: AffinityNet's embedding (stride 8) and IRN's class-boundary map (stride 4, which also
+weights the CAMs before the walk; docs/irn.md). A new source is one subclass here plus its entry in
+``AFFINITY_SOURCES``; it says on which grid it works through ``stride``. Sources are built inside the
 walk's worker processes, so they take plain, picklable arguments (config, run layout, device).
 """
 from __future__ import annotations
