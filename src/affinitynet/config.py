@@ -169,8 +169,26 @@ def dump(cfg: Config) -> str:
     return yaml.safe_dump(cfg.to_dict(), sort_keys=False)
 
 
+# Keys added after runs were made, each with the value that does exactly what those runs did. A stage's
+# identity leaves such a key out while it holds that value, so a finished run stays finished after an upgrade
+# (a new dataset option must not retrain a classifier); any other value enters the identity as usual.
+LATER_KEYS = {"data.synthetic.style": "parts", "cam.import_dir": ""}
+
+
+def _drop(d: dict, dotted: str, value) -> None:
+    """Remove ``d[a][b]...`` for the dotted path ``a.b...`` when it exists and equals ``value``."""
+    *parents, last = dotted.split(".")
+    for key in parents:
+        d = d.get(key) if isinstance(d, dict) else None
+        if d is None:
+            return
+    if isinstance(d, dict) and last in d and d[last] == value:
+        del d[last]
+
+
 def subset_hash(cfg: Config, sections: tuple[str, ...], exclude: tuple[str, ...] = ()) -> str:
-    """sha256 over the named sections (or ``section.key`` entries), minus ``exclude``; 16 hex digits."""
+    """sha256 over the named sections (or ``section.key`` entries), minus ``exclude`` and the ``LATER_KEYS`` at
+    their earlier behaviour; 16 hex digits."""
     d = cfg.to_dict()
     picked: dict = {}
     for s in sections:
@@ -182,5 +200,7 @@ def subset_hash(cfg: Config, sections: tuple[str, ...], exclude: tuple[str, ...]
     for e in exclude:
         sec, key = e.split(".", 1)
         picked.get(sec, {}).pop(key, None)
+    for dotted, value in LATER_KEYS.items():
+        _drop(picked, dotted, value)
     blob = json.dumps(picked, sort_keys=True).encode()
     return hashlib.sha256(blob).hexdigest()[:16]
