@@ -5,7 +5,7 @@
                                       [--threads 2]
 
 Each case runs in a fresh child process on the CPU: it builds the preset's network with random weights
-(memory does not depend on them), then runs the stage's own per-image code once (``make_cam.image_cams``
+(memory does not depend on them), then runs the stage's own per-image code once (``cam_sources.image_cams``
 at the preset's scales, largest first, and flip; ``random_walk.walk_scores`` on two classes' CAMs at the preset's
 ``random_walk.scale``, radius and steps) on a random image of the given size. The parent reads the child's
 peak resident set size from ``wait4``; the table gives it, the child's RSS before the image (interpreter,
@@ -30,8 +30,7 @@ def child(preset: str, stage: str, size: str, bound: int, threads: int) -> None:
     import numpy as np
     import torch
 
-    from affinitynet.cli import resolve_config_path
-    from affinitynet.config import load
+    from affinitynet.config import load, resolve_config_path
 
     torch.set_num_threads(threads)
     cfg = load(resolve_config_path(preset))
@@ -41,7 +40,7 @@ def child(preset: str, stage: str, size: str, bound: int, threads: int) -> None:
     with torch.inference_mode():
         if stage == "make_cam":
             from affinitynet.models import build_classifier
-            from affinitynet.stages.make_cam import image_cams
+            from affinitynet.stages.cam_sources import image_cams
 
             # largest scale first: a case too large for the limit fails at once (the sum does not depend on order)
             section = dataclasses.replace(cfg.cam, pretrained="", max_long_side=bound,
@@ -51,13 +50,22 @@ def child(preset: str, stage: str, size: str, bound: int, threads: int) -> None:
             labels[:2] = 1
             run = lambda: image_cams(model, image, labels, section)  # noqa: E731
         else:
+            import tempfile
+
+            from affinitynet.layout import RunLayout
             from affinitynet.models import build_affinitynet
+            from affinitynet.stages.affinity_sources import affinity_source
             from affinitynet.stages.random_walk import walk_scores
 
+            # the stage's own source, reading an untrained network from a run directory as it would a trained one
+            layout = RunLayout(tempfile.mkdtemp())
+            model = build_affinitynet(dataclasses.replace(cfg.affinitynet, pretrained=""))
+            layout.network("train_affinitynet").parent.mkdir(parents=True)
+            torch.save({"model": model.state_dict()}, layout.network("train_affinitynet"))
+            source = affinity_source(cfg, layout, torch.device("cpu"))
             section = dataclasses.replace(cfg.random_walk, max_long_side=bound)
-            model = build_affinitynet(dataclasses.replace(cfg.affinitynet, pretrained="")).eval()
             maps = rng.random((2, h, w), dtype=np.float32)
-            run = lambda: walk_scores(model, image, np.array([1, 2]), maps, section, torch.device("cpu"))  # noqa: E731
+            run = lambda: walk_scores(source, image, np.array([1, 2]), maps, section, torch.device("cpu"))  # noqa: E731
         print(f"baseline_kb {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}", flush=True)
         t0 = time.time()
         out = run()
@@ -104,7 +112,7 @@ def main() -> None:
         preset, stage, size, bound, threads = args.child
         child(preset, stage, size, int(bound), int(threads))
         return
-    print(f"| preset | stage | image | max_long_side | peak RSS | before the image | image's cost | time |")
+    print("| preset | stage | image | max_long_side | peak RSS | before the image | image's cost | time |")
     print("|---|---|---|---|---|---|---|---|")
     for preset in args.presets:
         for stage in args.stages:

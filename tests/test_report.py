@@ -279,3 +279,7 @@ def test_demo_table_has_each_scored_stage_and_the_times(tmp_path):
     assert "88.4 / 96.2, 37.7" in rows["confident regions"] and "83.2" in rows["AffinityNet"]
     assert "58.1" in rows["random walk"] and "61.7" in rows["segmentation"] and "2.0s" in rows["segmentation"]
     assert "78.8s" in rows["total"]
+    # a stage's further rows follow its headline, without a time of their own
+    best = table.index(rows["CAM labels"]) + 1
+    assert table[best].startswith(" ") and "chosen on these images" in table[best] and "45.1" in table[best]
+    assert not table[best].rstrip().endswith("s")

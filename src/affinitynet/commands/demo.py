@@ -18,7 +18,7 @@ def _value(v) -> str:
 
 
 def demo_table(run_dir: Path, results) -> str:
-    """Per-stage table: each stage's headline result and how long it took."""
+    """Per-stage table: each stage's results (headline first, the others on lines of their own) and its time."""
     layout = RunLayout(run_dir)
     metrics = read_json(layout.metrics) if layout.metrics.exists() else {}
     secs = {r.name: r.seconds for r in results}
@@ -26,13 +26,13 @@ def demo_table(run_dir: Path, results) -> str:
     for stage, view in VIEWS.items():
         folder = FOLDERS.get(stage, stage)  # rows that are no stage (cam_crf, ...) are keyed by name
         lines = view.rows(metrics[folder]) if folder in metrics else []
-        if lines:
-            measure, value = lines[0]
-            rows.append((view.title, measure, _value(value), secs.get(stage, 0.0)))
+        for i, (measure, value) in enumerate(lines):
+            rows.append((view.title if i == 0 else "", measure, _value(value), secs.get(stage, 0.0) if i == 0 else None))
     head = ("stage", "measure", "value", "time")
     w = [max(len(str(r[i])) for r in rows + [head]) for i in range(3)]
     out = [f"{head[0]:<{w[0]}}  {head[1]:<{w[1]}}  {head[2]:>{w[2]}}  {head[3]:>7}", "-" * (sum(w) + 13)]
-    out += [f"{r[0]:<{w[0]}}  {r[1]:<{w[1]}}  {r[2]:>{w[2]}}  {r[3]:>6.1f}s" for r in rows]
+    out += [f"{r[0]:<{w[0]}}  {r[1]:<{w[1]}}  {r[2]:>{w[2]}}" + ("" if r[3] is None else f"  {r[3]:>6.1f}s")
+            for r in rows]
     out.append(f"{'total':<{w[0]}}  {'':<{w[1]}}  {'':>{w[2]}}  {sum(secs.values()):>6.1f}s")
     return "\n".join(out)
 
