@@ -49,6 +49,12 @@ def _cam_rows(m: dict):
     return rows
 
 
+def _confident_rows(m: dict):
+    """Confident fg / bg labels (AffinityNet's or IRN's): their precision against the masks, the share ignored."""
+    return [("fg / bg precision, ignored (%)",
+             f"{_pct(m.get('fg_precision'))} / {_pct(m.get('bg_precision'))}, {_pct(m.get('ignored'))}")]
+
+
 def _crf_rows(m: dict):
     """A ``*_crf`` row of ``evaluate`` (eval.crf_rows): the dense CRF on the stage's soft scores."""
     return [(f"{m.get('split', 'train')} mIoU, dense CRF", m.get("miou"))]
@@ -70,17 +76,10 @@ VIEWS = {
     "train_cam": View("classifier", lambda m: [("val mAP (%)", m.get("map"))]),
     "make_cam": View("CAM labels", _cam_rows, _cam_picture),
     "cam_crf": View("CAM labels + CRF", _crf_rows),
-    "make_affinity_labels": View(
-        "confident regions",
-        lambda m: [("fg / bg precision, ignored (%)",
-                    f"{_pct(m.get('fg_precision'))} / {_pct(m.get('bg_precision'))}, {_pct(m.get('ignored'))}")],
-        _label_picture(RunLayout.affinity_label, confident_colours)),
+    "make_affinity_labels": View("confident regions", _confident_rows,
+                                 _label_picture(RunLayout.affinity_label, confident_colours)),
     "train_affinitynet": View("AffinityNet", lambda m: [("val pair AP (%)", m.get("ap"))]),
-    "make_ir_labels": View(
-        "relation labels",
-        lambda m: [("fg / bg precision, ignored (%)",
-                    f"{_pct(m.get('fg_precision'))} / {_pct(m.get('bg_precision'))}, {_pct(m.get('ignored'))}")],
-        _label_picture(RunLayout.ir_label, confident_colours)),
+    "make_ir_labels": View("relation labels", _confident_rows, _label_picture(RunLayout.ir_label, confident_colours)),
     "train_boundary": View("boundary network", lambda m: [("val pair AP (%)", m.get("ap"))]),
     "random_walk": View("random walk", lambda m: [(f"{m.get('split', 'train')} mIoU"
                                                    + (", class-boundary affinities" if m.get("affinity") == "boundary"
