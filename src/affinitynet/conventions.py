@@ -14,7 +14,8 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 def normalize_image(img, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD) -> torch.Tensor:
     """(H, W, 3) uint8 image (numpy or tensor) -> (3, H, W) float32 tensor ``(img/255 - mean) / std``."""
-    t = torch.as_tensor(np.asarray(img)) if not isinstance(img, torch.Tensor) else img
+    # a float copy of a numpy image: images decoded by PIL are read-only arrays, which torch warns about
+    t = torch.from_numpy(np.array(img, dtype=np.float32)) if not isinstance(img, torch.Tensor) else img
     if t.ndim != 3 or t.shape[-1] != 3:
         raise ValueError(f"expected an (H, W, 3) image, got shape {tuple(t.shape)}")
     t = t.permute(2, 0, 1).to(torch.float32) / 255.0
