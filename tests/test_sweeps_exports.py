@@ -243,3 +243,18 @@ def test_report_shows_crf_rows_confusion_and_precision(run):
     share = 100 * conf[0, 0] / conf[0].sum()
     assert f'title="background as background: {share:.1f}%"' in card
     assert f"<td class=\"num\">{m['random_walk']['precision']['background']:.1f}</td>" in card
+
+
+def test_changed_cam_threshold_rescores_the_cams_without_recomputing_them(run, tmp_path):
+    r = _copy(run, tmp_path)
+    layout = RunLayout(r)
+    cam_file = layout.cam(sorted(p.stem for p in layout.folder("make_cam").glob("*.npz"))[0])
+    before = cam_file.stat().st_mtime_ns
+    old = json.loads(layout.stage_metrics("make_cam").read_text())
+    cfg = config.load(layout.config, ["eval.cam_bg_threshold=0.35"])
+    results = runner.run_pipeline(cfg, r, verbose=False)
+    assert {x.name for x in results if x.status == "done"} == {"evaluate"}  # nothing upstream redone
+    cam = json.loads(layout.metrics.read_text())["cam"]
+    assert cam["threshold"] == 0.35 and cam["miou"] == pytest.approx(old["sweep"]["0.35"], abs=0.01)
+    assert json.loads(layout.stage_metrics("make_cam").read_text())["threshold"] == 0.35
+    assert cam_file.stat().st_mtime_ns == before

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from ..io import load_cam, read_json, write_json
-from ..layout import RunLayout
+from ..layout import FOLDERS, RunLayout
 from ..ops.cam import class_lut
 from ..ops.metrics import format_table, scores
 from ..scoring import accumulate, score_labels
@@ -88,11 +88,29 @@ def _ordered(metrics: dict, extra: dict) -> dict:
     return out
 
 
+def _cam_scores_current(ctx, cam: dict) -> bool:
+    """Whether ``cam/metrics.json`` was scored with this config's threshold, sweep and split."""
+    e = ctx.cfg.eval
+    sweep = {f"{t:g}" for t in set(e.cam_sweep) | {e.cam_bg_threshold}}
+    return (cam.get("threshold") == e.cam_bg_threshold and set(cam.get("sweep", {})) == sweep
+            and cam.get("split") == scoring_split(ctx))
+
+
 def run(ctx) -> dict:
-    """Write ``metrics.json`` (and the report) from the stages' own scores, and the CRF rows when asked."""
+    """Write ``metrics.json`` (and the report) from the stages' own scores, and the CRF rows when asked.
+
+    The CAM rows are scored again from the CAM files when ``eval`` asks for another threshold, sweep or
+    split than ``make_cam`` scored with (changing ``eval`` never recomputes the CAMs).
+    """
     metrics = collect(ctx.run_dir)
     summary = {}
     if ctx.is_main:
+        cam_key = FOLDERS["make_cam"]
+        if cam_key in metrics and not _cam_scores_current(ctx, metrics[cam_key]):
+            from .make_cam import evaluate_cams
+
+            metrics[cam_key] = evaluate_cams(ctx)
+            write_json(ctx.layout.stage_metrics("make_cam"), metrics[cam_key])
         if ctx.cfg.eval.crf_rows:
             with torch.inference_mode():
                 metrics = _ordered(metrics, crf_rows(ctx, metrics))
