@@ -217,3 +217,18 @@ def test_grid_pair_affinity_equals_gathered_pairs(h, w, radius):
     ga, = torch.autograd.grad(a.sum(), feat)
     gb, = torch.autograd.grad(b.sum(), feat)
     torch.testing.assert_close(gb, ga)
+
+
+def test_pair_ap_keeps_labelled_pairs_of_every_image():
+    from affinitynet.ops.affinity import pair_ap
+
+    t, f = True, False
+    one = (torch.tensor([[0.9, 0.2, 0.8, 0.5]]), torch.tensor([[t, f, f, f]]), torch.tensor([[f, f, t, f]]),
+           torch.tensor([[f, t, f, f]]))  # the last pair has no label and is left out
+    two = (torch.tensor([0.7, 0.1]), torch.tensor([f, f]), torch.tensor([f, f]), torch.tensor([t, t]))
+    got = pair_ap([one, two])
+    # kept scores 0.9+, 0.2-, 0.8+, 0.7-, 0.1-: both positives rank above every negative
+    assert got == {"ap": 100.0, "positive_pairs": 2, "negative_pairs": 3}
+    three = (torch.tensor([0.95]), torch.tensor([f]), torch.tensor([f]), torch.tensor([t]))
+    # a negative above both positives: precision 1/2 at the first positive, 2/3 at the second
+    assert pair_ap([one, two, three])["ap"] == pytest.approx(100 * (1 / 2 + 2 / 3) / 2)

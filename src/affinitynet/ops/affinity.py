@@ -79,3 +79,21 @@ def affinity_average_precision(aff: torch.Tensor, is_pos: torch.Tensor) -> float
     from .metrics import average_precision
 
     return average_precision(aff.detach().reshape(-1).to("cpu", torch.float64), is_pos.detach().reshape(-1).cpu())
+
+
+def pair_ap(per_image) -> dict:
+    """[(aff, bg_pos, fg_pos, neg) per image, each (P,) or (1, P)] -> dict(ap (%), positive_pairs, negative_pairs).
+
+    AP of the affinities ranking same-label pairs (bg_pos | fg_pos) above different-label ones (neg); pairs
+    with neither label are left out.
+    """
+    from .metrics import average_precision
+
+    scores, positive = [], []
+    for aff, bg_pos, fg_pos, neg in per_image:
+        pos = (bg_pos | fg_pos).reshape(-1)
+        keep = pos | neg.reshape(-1)
+        scores.append(aff.reshape(-1)[keep].cpu())
+        positive.append(pos[keep].cpu())
+    s, p = torch.cat(scores).numpy(), torch.cat(positive).numpy()
+    return {"ap": 100.0 * average_precision(s, p), "positive_pairs": int(p.sum()), "negative_pairs": int((~p).sum())}

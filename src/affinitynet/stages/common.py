@@ -55,6 +55,29 @@ def build_trained(build, section, *args, path: Path, device: torch.device, stage
     return model if accel is None else accel.for_inference(model, device)
 
 
+CLASSIFIER = "classifier"  # a network's ``pretrained`` value: its backbone starts from this run's classifier's
+
+
+def build_pretrained(ctx, section, name: str, build, *args) -> torch.nn.Module:
+    """``build(section, *args)`` with ``section.pretrained`` in its backbone; ``classifier``: this run's classifier's.
+
+    ``name`` is the section's name, for the error when its backbone is not the classifier's.
+    """
+    import dataclasses
+
+    from ..errors import ConfigError
+    from ..models import load_backbone_weights
+
+    if section.pretrained != CLASSIFIER:
+        return build(section, *args)
+    if section.backbone != ctx.cfg.cam.backbone:
+        raise ConfigError(f"{name}.pretrained=classifier needs the classifier's backbone ({ctx.cfg.cam.backbone}), "
+                          f"not {section.backbone}")
+    model = build(dataclasses.replace(section, pretrained=""), *args)
+    load_backbone_weights(model.backbone, require(ctx.layout.network("train_cam"), "train_cam"))
+    return model
+
+
 def load_trained(model: torch.nn.Module, path: Path, device: torch.device, stage: str) -> torch.nn.Module:
     """Load the weights a training stage saved at ``path`` into ``model``, move it to ``device``, eval mode."""
     from ..models import load_checkpoint_into

@@ -21,11 +21,10 @@ from ..data.transforms import LabelMapSet, TrainTransform
 from ..io import load_label_png, write_json
 from ..conventions import STRIDE
 from ..models import build_affinitynet
-from ..ops.affinity import affinity_loss, grid_pair_affinity
+from ..ops.affinity import affinity_loss, grid_pair_affinity, pair_ap
 from ..ops.bound import shrink_image, shrink_mask
 from ..conventions import normalize_image
 from ..ops.confident import grid_labels_from_scores, pool_label_map
-from ..ops.metrics import average_precision
 from ..ops.pairs import pair_indices, pair_labels, reference_subset
 from .common import require, stride_grid, train_network, use_given_checkpoint
 from .make_affinity_labels import load_scores
@@ -64,7 +63,7 @@ def affinity_ap(model, dataset, device, radius: int, limit: int = VAL_IMAGES, *,
     Images (and masks) larger than ``max_long_side`` are shrunk first, as the random walk shrinks them.
     """
     model.eval()
-    scores, positive = [], []
+    per_image = []
     for name in dataset.names[:limit]:
         image = shrink_image(dataset.load_image(name), max_long_side)
         h, w = image.shape[:2]
@@ -76,12 +75,8 @@ def affinity_ap(model, dataset, device, radius: int, limit: int = VAL_IMAGES, *,
         grid = pool_label_map(mask.long(), dataset.num_classes + 1, STRIDE)
         idx_from, idx_to = pair_indices(gh, gw, radius, device=feat.device)
         bg_pos, fg_pos, neg = pair_labels(grid.to(feat.device), idx_from, idx_to)
-        aff = grid_pair_affinity(feat, radius).reshape(-1)
-        keep = (bg_pos | fg_pos | neg).reshape(-1)
-        scores.append(aff[keep].cpu())
-        positive.append((bg_pos | fg_pos).reshape(-1)[keep].cpu())
-    s, p = torch.cat(scores).numpy(), torch.cat(positive).numpy()
-    return {"ap": 100.0 * average_precision(s, p), "positive_pairs": int(p.sum()), "negative_pairs": int((~p).sum())}
+        per_image.append((grid_pair_affinity(feat, radius), bg_pos, fg_pos, neg))
+    return pair_ap(per_image)
 
 
 def run(ctx) -> dict:

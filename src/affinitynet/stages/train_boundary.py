@@ -19,19 +19,16 @@ import torch.nn.functional as F
 from ..conventions import normalize_image
 from ..data.transforms import LabelMapSet, TrainTransform
 from ..io import load_label_png, write_json
-from ..errors import ConfigError
-from ..models import build_boundary, load_backbone_weights
+from ..models import build_boundary
 from ..models.boundary import STRIDE
-from ..ops.affinity import affinity_loss
+from ..ops.affinity import affinity_loss, pair_ap
 from ..ops.bound import shrink_image, shrink_mask
-from ..ops.metrics import average_precision
 from ..ops.pairs import pair_indices, pair_labels, reference_subset
 from ..ops.paths import path_max_affinity
 from ..ops.relations import cell_labels
-from .common import require, stride_grid, train_network, use_given_checkpoint
+from .common import build_pretrained, require, stride_grid, train_network, use_given_checkpoint
 
 VAL_IMAGES = 200  # held-out images scored after each epoch
-CLASSIFIER = "classifier"  # boundary.pretrained value: the frozen backbone is this run's classifier's
 
 
 def _ir_label(layout, name: str) -> np.ndarray:
@@ -60,7 +57,7 @@ def boundary_ap(model, dataset, device, radius: int, limit: int = VAL_IMAGES, *,
     Images (and masks) larger than ``max_long_side`` are shrunk first, as the random walk shrinks them.
     """
     model.eval()
-    scores, positive = [], []
+    per_image = []
     for name in dataset.names[:limit]:
         image = shrink_image(dataset.load_image(name), max_long_side)
         h, w = image.shape[:2]
@@ -71,27 +68,13 @@ def boundary_ap(model, dataset, device, radius: int, limit: int = VAL_IMAGES, *,
         mask = torch.from_numpy(shrink_mask(dataset.load_mask(name), (h, w)).astype(np.int64))
         grid = cell_labels(mask, STRIDE)
         bg_pos, fg_pos, neg = pair_labels(grid.to(device), *pair_indices(gh, gw, radius, device=device))
-        aff = path_max_affinity(edge[:, 0], radius).reshape(-1)
-        keep = bg_pos | fg_pos | neg
-        scores.append(aff[keep].cpu())
-        positive.append((bg_pos | fg_pos)[keep].cpu())
-    s, p = torch.cat(scores).numpy(), torch.cat(positive).numpy()
-    return {"ap": 100.0 * average_precision(s, p), "positive_pairs": int(p.sum()), "negative_pairs": int((~p).sum())}
+        per_image.append((path_max_affinity(edge[:, 0], radius), bg_pos, fg_pos, neg))
+    return pair_ap(per_image)
 
 
 def build_network(ctx):
     """The boundary network with ``boundary.pretrained`` in its backbone (``classifier``: this run's classifier's)."""
-    cfg = ctx.cfg.boundary
-    if cfg.pretrained != CLASSIFIER:
-        return build_boundary(cfg)
-    if cfg.backbone != ctx.cfg.cam.backbone:
-        raise ConfigError(f"boundary.pretrained=classifier needs the classifier's backbone ({ctx.cfg.cam.backbone}), "
-                          f"not {cfg.backbone}")
-    import dataclasses
-
-    model = build_boundary(dataclasses.replace(cfg, pretrained=""))
-    load_backbone_weights(model.backbone, require(ctx.layout.network("train_cam"), "train_cam"))
-    return model
+    return build_pretrained(ctx, ctx.cfg.boundary, "boundary", build_boundary)
 
 
 def run(ctx) -> dict:

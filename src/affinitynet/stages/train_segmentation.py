@@ -6,7 +6,6 @@ at x10; random scale, flip, crop. Validation mIoU (single scale) after each epoc
 """
 from __future__ import annotations
 
-import dataclasses
 import functools
 from pathlib import Path
 
@@ -17,9 +16,9 @@ from ..data.transforms import LabelMapSet, TrainTransform
 from ..errors import ConfigError
 from ..scoring import accumulate
 from ..io import load_label_png, write_json
-from ..models import build_deeplab, load_backbone_weights
+from ..models import build_deeplab
 from ..ops.metrics import scores
-from .common import require, train_network
+from .common import build_pretrained, require, train_network
 
 VAL_IMAGES = 500
 
@@ -74,20 +73,9 @@ def segmentation_miou(model, dataset, device, *, scales=(1.0,), flip=False, limi
     return scores(accumulate(dataset, dataset.names[:limit], predict, target=target), dataset.label_names)
 
 
-CLASSIFIER = "classifier"  # segmentation.pretrained value: start from this run's classifier backbone
-
-
 def build_network(ctx, num_classes: int):
     """DeepLab with ``segmentation.pretrained`` loaded into its backbone (``classifier``: this run's classifier)."""
-    cfg = ctx.cfg.segmentation
-    if cfg.pretrained != CLASSIFIER:
-        return build_deeplab(cfg, num_classes)
-    model = build_deeplab(dataclasses.replace(cfg, pretrained=""), num_classes)
-    if cfg.backbone != ctx.cfg.cam.backbone:
-        raise ConfigError(f"segmentation.pretrained=classifier needs the classifier's backbone "
-                          f"({ctx.cfg.cam.backbone}), not {cfg.backbone}")
-    load_backbone_weights(model.backbone, require(ctx.layout.network("train_cam"), "train_cam"))
-    return model
+    return build_pretrained(ctx, ctx.cfg.segmentation, "segmentation", build_deeplab, num_classes)
 
 
 def run(ctx) -> dict:
