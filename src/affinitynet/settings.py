@@ -115,6 +115,7 @@ class AffinityNetConfig:
     pretrained: str = ""  # ImageNet weights, never the classifier
     checkpoint: str = ""  # a trained AffinityNet (ours, or the release's res38_aff.pth): used as is, no training
     output_stride: int = 8
+    embed_stride: int = 0  # the embedding's grid: 0 = output_stride; 8 on a stride-16 backbone upsamples its deeper depths
     radius: int = 5
     reference_pairs: bool = False  # train on the release's border-trimmed pair set
     epochs: int = 8

@@ -33,10 +33,16 @@ def _check_weights(report: Problems, key: str, path: str, backbone: str) -> None
     """A ``pretrained`` file: present, readable as a state dict, and for the configured backbone."""
     from .models import guess_backbone, read_state_dict
 
-    from .models.pretrained import IMAGENET, IMAGENET_URLS
+    from .models.pretrained import IMAGENET, IMAGENET_URLS, LITE_WHEELS, resolve_pretrained
 
     if not path or (key in ("segmentation.pretrained", "boundary.pretrained") and path == "classifier"):  # this run's
         return
+    if path in LITE_WHEELS:
+        try:
+            path = resolve_pretrained(path, backbone)
+        except ConfigError as e:
+            report.add(key, str(e))
+            return
     if path == IMAGENET:
         if backbone not in IMAGENET_URLS:
             report.add(key, f"imagenet is downloadable for {', '.join(IMAGENET_URLS)}, not {backbone}: "
@@ -51,7 +57,7 @@ def _check_weights(report: Problems, key: str, path: str, backbone: str) -> None
         report.add(e.path, f"{e.problem} ({key})")
         return
     theirs = guess_backbone(state.keys())
-    if theirs is not None and theirs != backbone:
+    if theirs is not None and backbone not in theirs.split(" or "):
         report.add(path, f"weights are for backbone {theirs}, {key.rsplit('.', 1)[0]}.backbone is {backbone}")
 
 
@@ -65,8 +71,10 @@ def _check_network(report: Problems, name: str, sec, *, resize: bool, files: boo
             _check_weights(report, f"{name}.pretrained", sec.pretrained, sec.backbone)
             if getattr(sec, "checkpoint", ""):
                 _check_weights(report, f"{name}.checkpoint", sec.checkpoint, sec.backbone)
-    if sec.output_stride not in (8, 16):
-        report.add(f"{name}.output_stride", f"must be 8 or 16, got {sec.output_stride}")
+    strides = (8, 16, 32) if sec.backbone.startswith("efficientnet_lite") else (8, 16)
+    if sec.output_stride not in strides:
+        report.add(f"{name}.output_stride", f"must be {' or '.join(map(str, strides))} for {sec.backbone}, "
+                                            f"got {sec.output_stride}")
     _at_least(report, f"{name}.epochs", sec.epochs, 1)
     _at_least(report, f"{name}.batch_size", sec.batch_size, 1)
     _at_least(report, f"{name}.crop_size", sec.crop_size, MIN_CROP, " pixels")

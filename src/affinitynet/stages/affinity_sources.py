@@ -48,6 +48,7 @@ class AffinityNetAffinity(AffinitySource):
         self.model = build_trained(build_affinitynet, cfg.affinitynet, path=layout.network("train_affinitynet"),
                                    device=device, stage="train_affinitynet",
                                    accel=AccelOptions.from_runtime(cfg.runtime))
+        self.stride = getattr(self.model, "stride", cfg.affinitynet.embed_stride or cfg.affinitynet.output_stride)
 
     def mean_std(self):
         return self.model.backbone.mean, self.model.backbone.std

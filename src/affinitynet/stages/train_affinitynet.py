@@ -1,6 +1,6 @@
 """train_affinitynet: learn pixel affinities from the confident regions.
 
-Each batch: augment image and affinity label map jointly, crop, pool the labels to the stride-8 grid
+Each batch: augment image and affinity label map jointly, crop, pool the labels to the embedding's grid
 (``pool_label_map``; with ``affinity_labels.grid_labels: scores`` the CRF score stacks are cropped with
 the image and averaged per cell before the argmax, ``grid_labels_from_scores``), label every pair within
 the radius as background-positive / foreground-positive / negative (all pairs, or the release's
@@ -19,11 +19,10 @@ import torch.nn.functional as F
 
 from ..data.transforms import LabelMapSet, TrainTransform
 from ..io import load_label_png, write_json
-from ..conventions import STRIDE
 from ..models import build_affinitynet
 from ..ops.affinity import affinity_loss, grid_pair_affinity, pair_ap
 from ..ops.bound import shrink_image, shrink_mask
-from ..conventions import normalize_image
+from ..conventions import STRIDE, normalize_image
 from ..ops.confident import grid_labels_from_scores, pool_label_map
 from ..ops.pairs import pair_indices, pair_labels, reference_subset
 from .common import require, stride_grid, train_network, use_given_checkpoint
@@ -40,13 +39,15 @@ def _affinity_scores(layout, name: str) -> np.ndarray:
     return load_scores(layout.affinity_scores(name))
 
 
-def affinity_batch_loss(model, batch, device, *, radius: int, num_classes: int, reference_pairs: bool = False):
-    """Affinity loss of one batch: images (B, 3, S, S), label maps (B, S, S) or (B, h, w) on the feature grid, 255 ignore."""
+def affinity_batch_loss(model, batch, device, *, radius: int, num_classes: int, reference_pairs: bool = False,
+                        stride: int = STRIDE):
+    """Affinity loss of one batch: images (B, 3, S, S), label maps (B, S, S) or (B, h, w) on the embedding's grid of
+    ``stride`` pixels, 255 ignore."""
     x, label = batch
     feat = model(x.to(device, non_blocking=True))
     h, w = feat.shape[-2:]
     label = label.to(device, non_blocking=True)
-    grid = label if label.shape[-2:] == (h, w) else pool_label_map(label, num_classes, STRIDE)[..., :h, :w]
+    grid = label if label.shape[-2:] == (h, w) else pool_label_map(label, num_classes, stride)[..., :h, :w]
     idx_from, idx_to = pair_indices(h, w, radius, reference=reference_pairs, device=feat.device)
     bg_pos, fg_pos, neg = pair_labels(grid, idx_from, idx_to)
     aff = grid_pair_affinity(feat, radius)
@@ -57,7 +58,8 @@ def affinity_batch_loss(model, batch, device, *, radius: int, num_classes: int, 
 
 
 @torch.no_grad()
-def affinity_ap(model, dataset, device, radius: int, limit: int = VAL_IMAGES, *, max_long_side: int = 0) -> dict:
+def affinity_ap(model, dataset, device, radius: int, limit: int = VAL_IMAGES, *, max_long_side: int = 0,
+                stride: int = STRIDE) -> dict:
     """AP (%) of predicted affinities for same-label vs different-label pairs, labels pooled from the masks.
 
     Images (and masks) larger than ``max_long_side`` are shrunk first, as the random walk shrinks them.
@@ -67,12 +69,12 @@ def affinity_ap(model, dataset, device, radius: int, limit: int = VAL_IMAGES, *,
     for name in dataset.names[:limit]:
         image = shrink_image(dataset.load_image(name), max_long_side)
         h, w = image.shape[:2]
-        (gh, gw), pad = stride_grid(h, w, STRIDE)
+        (gh, gw), pad = stride_grid(h, w, stride)
         x = F.pad(normalize_image(image, model.backbone.mean, model.backbone.std), pad).unsqueeze(0)
         feat = model(x.to(device))
         mask = torch.from_numpy(np.pad(shrink_mask(dataset.load_mask(name), (h, w)), ((0, pad[3]), (0, pad[1])),
                                        constant_values=255))
-        grid = pool_label_map(mask.long(), dataset.num_classes + 1, STRIDE)
+        grid = pool_label_map(mask.long(), dataset.num_classes + 1, stride)
         idx_from, idx_to = pair_indices(gh, gw, radius, device=feat.device)
         bg_pos, fg_pos, neg = pair_labels(grid.to(feat.device), idx_from, idx_to)
         per_image.append((grid_pair_affinity(feat, radius), bg_pos, fg_pos, neg))
@@ -91,7 +93,7 @@ def run(ctx) -> dict:
         summary = use_given_checkpoint(ctx, model, cfg.checkpoint)
         val = ctx.val_set
         if ctx.is_main and val.has_masks and len(val):
-            metrics = affinity_ap(model, val, ctx.device, cfg.radius, max_long_side=bound)
+            metrics = affinity_ap(model, val, ctx.device, cfg.radius, max_long_side=bound, stride=model.stride)
             write_json(ctx.layout.stage_metrics(ctx.stage), metrics)
             summary["ap"] = round(metrics["ap"], 2)
         return summary
@@ -103,14 +105,15 @@ def run(ctx) -> dict:
     transform = TrainTransform("aff", cfg, model.backbone.mean, model.backbone.std)
     if from_scores:
         data = LabelMapSet(ds, ds.names, functools.partial(_affinity_scores, layout), transform,
-                           seed=ctx.cfg.runtime.seed, reduce=functools.partial(grid_labels_from_scores, stride=STRIDE))
+                           seed=ctx.cfg.runtime.seed, reduce=functools.partial(grid_labels_from_scores, stride=model.stride))
     else:
         data = LabelMapSet(ds, ds.names, functools.partial(_affinity_label, layout), transform,
                            seed=ctx.cfg.runtime.seed)
     loss_fn = functools.partial(affinity_batch_loss, radius=cfg.radius, num_classes=ds.num_classes + 1,
-                                reference_pairs=cfg.reference_pairs)
+                                reference_pairs=cfg.reference_pairs, stride=model.stride)
     val = ctx.val_set
-    validate = (functools.partial(affinity_ap, dataset=val, device=ctx.device, radius=cfg.radius, max_long_side=bound)
+    validate = (functools.partial(affinity_ap, dataset=val, device=ctx.device, radius=cfg.radius, max_long_side=bound,
+                                  stride=model.stride)
                 if val.has_masks and len(val) else None)
     result = train_network(ctx, model, cfg, data, loss_fn, validate=validate)
     summary = {"loss": round(result["final_loss"], 4)}
