@@ -24,7 +24,8 @@ from affinitynet.models import (
 )
 
 CHANNELS = {"tiny": (64, 128, 256), "resnet50": (512, 1024, 2048), "resnet101": (512, 1024, 2048),
-            "resnet38": (512, 1024, 4096)}
+            "resnet38": (512, 1024, 4096), "efficientnet_lite0": (40, 112, 1280),
+            "efficientnet_lite1": (40, 112, 1280), "efficientnet_lite2": (48, 120, 1280)}
 
 
 @pytest.fixture(autouse=True)
@@ -49,7 +50,7 @@ def test_factory_lists_every_backbone():
     assert set(BACKBONES) == set(CHANNELS)
 
 
-@pytest.mark.parametrize("name", ["tiny", "resnet50", "resnet101", "resnet38"])
+@pytest.mark.parametrize("name", ["tiny", "resnet50", "resnet101", "resnet38", "efficientnet_lite0"])
 def test_backbone_forward_backward_odd_size(name, request):
     backbone = (request.getfixturevalue("resnet38") if name == "resnet38" else build_backbone(name)).train()
     backbone.zero_grad(set_to_none=True)
