@@ -4,7 +4,14 @@
                                       [--only STAGE ...] [--json PATH]
 
 ``paper`` is the ``voc12_resnet38`` preset (ResNet-38, 448 crops, its batch sizes, scales and CRF settings),
-``cpu`` the ``synthetic_cpu`` preset (tiny backbones, 128-px images). Networks start from random weights
+``cpu`` the ``synthetic_cpu`` preset (tiny backbones, 128-px images), ``photos`` the ``photos_cpu`` preset
+(EfficientNet-Lite0, 256-px crops, 500 x 375 test images).
+
+``--backbones`` compares backbones instead of options: every stage at the ``photos_cpu`` settings (crops, batches,
+scales, image size) with the networks of ``photos_cpu`` (EfficientNet-Lite0), of ``synthetic_cpu`` (the tiny
+from-scratch backbone at stride 8, LargeFOV) and ResNet-50 (stride 16 as IRN's CAMs, ASPP), each in the way the
+pipeline runs it (float32 training; flip batched per scale; the walk's ``auto`` method), with its speed against
+ResNet-50's in the same run. Networks start from random weights
 (throughput does not depend on them); inference runs on random images of a typical VOC size (500 x 375,
 or the preset's synthetic size), training on random crops. For each stage the baseline is the release's way
 (inference: one image, one scale and one view per forward, the dense random walk) or, for training, float32
@@ -42,10 +49,9 @@ from affinitynet.stages.train_affinitynet import affinity_batch_loss
 from affinitynet.stages.train_cam import classification_loss
 from affinitynet.stages.train_segmentation import segmentation_loss
 
-PRESETS = {"paper": "voc12_resnet38.yaml", "cpu": "synthetic_cpu.yaml"}
+PRESETS = {"paper": "voc12_resnet38.yaml", "cpu": "synthetic_cpu.yaml", "photos": "photos_cpu.yaml"}
 STAGES = ("train_cam", "make_cam", "make_affinity_labels", "train_affinitynet", "random_walk",
           "train_segmentation", "segment")
-STRIDE = 8
 WALK_CHANNELS = 3  # background + the two classes a typical image carries
 
 
@@ -118,13 +124,14 @@ def train_rows(stage: str, cfg, device, args) -> list[dict]:
         target = (torch.rand(batch, classes, generator=gen) > 0.7).float()
     elif stage == "train_affinitynet":
         build = lambda: build_affinitynet(section)  # noqa: E731
-        g = -(-size // STRIDE)
+        stride = section.embed_stride or section.output_stride
+        g = -(-size // stride)
         target = torch.randint(0, 3, (batch, g, g), generator=gen)
         target[:, : g // 4] = 255
 
         def loss_fn(model, b, dev):
             return affinity_batch_loss(model, b, dev, radius=section.radius, num_classes=classes + 1,
-                                       reference_pairs=section.reference_pairs)
+                                       reference_pairs=section.reference_pairs, stride=stride)
     else:
         build, loss_fn = (lambda: build_deeplab(section, classes + 1)), segmentation_loss
         target = torch.randint(0, classes + 1, (batch, size, size), generator=gen)
@@ -238,8 +245,9 @@ def random_walk_rows(cfg, device, args) -> list[dict]:
     if rw.scale != 1.0:
         image = F.interpolate(image, scale_factor=rw.scale, mode="bilinear", align_corners=False)
     h, w = image.shape[-2:]
-    gh, gw = -(-h // STRIDE), -(-w // STRIDE)
-    image = F.pad(image, (0, gw * STRIDE - w, 0, gh * STRIDE - h)).to(device)
+    stride = section.embed_stride or section.output_stride
+    gh, gw = -(-h // stride), -(-w // stride)
+    image = F.pad(image, (0, gw * stride - w, 0, gh * stride - h)).to(device)
     cam = torch.rand(1, WALK_CHANNELS, gh, gw, generator=torch.Generator().manual_seed(2)).to(device)
     idx_from, idx_to = pair_indices(gh, gw, rw.radius, reference=rw.reference_pairs, device=device)
     n = gh * gw
@@ -327,6 +335,56 @@ def run_stage(stage: str, cfg, device, args) -> list[dict]:
             "segment": segment_rows}[stage](cfg, device, args)
 
 
+# --backbones: (backbone, output stride, segmentation head) swapped into every network of the photos_cpu preset
+BACKBONE_SETS = {"photos_cpu: efficientnet_lite0": ("efficientnet_lite0", 16, "aspp"),
+                 "synthetic_cpu: tiny": ("tiny", 8, "largefov"),
+                 "resnet50": ("resnet50", 16, "aspp")}
+# the variant of each stage's rows that the pipeline runs
+PIPELINE_VARIANT = {"train_cam": "float32", "train_affinitynet": "float32", "train_segmentation": "float32",
+                    "make_cam": "flip batched per scale", "make_affinity_labels": "2 dense CRFs",
+                    "random_walk": "walk method=auto", "segment": "flip batched per scale"}
+
+
+def with_backbone(cfg, backbone: str, stride: int, head: str):
+    """The config with ``backbone`` at ``stride`` in every network section (AffinityNet's embedding at stride 8)."""
+    cfg = dataclasses.replace(cfg)
+    for name in ("cam", "affinitynet", "segmentation", "boundary"):
+        sec = dataclasses.replace(cfg.section(name), backbone=backbone, output_stride=stride, pretrained="")
+        setattr(cfg, name, sec)
+    cfg.affinitynet = dataclasses.replace(cfg.affinitynet, embed_stride=8)
+    cfg.segmentation = dataclasses.replace(cfg.segmentation, head=head)
+    return cfg
+
+
+def backbone_table(cfg, device, args) -> list[dict]:
+    """Each stage's images/s with each of ``BACKBONE_SETS``, the pipeline's own variant, against ResNet-50's."""
+    records = []
+    for stage in args.only:
+        row = {"stage": stage}
+        for label, (backbone, stride, head) in BACKBONE_SETS.items():
+            stage_args = argparse.Namespace(**vars(args))
+            stage_args.drop = [w for w in ("amp", "channels_last") if w not in PIPELINE_VARIANT[stage]]
+            rows = run_stage(stage, with_backbone(cfg, backbone, stride, head), device, stage_args)
+            picked = next((r for r in rows if r["variant"].startswith(PIPELINE_VARIANT[stage])), rows[0])
+            row[label] = picked.get("images_per_s", float("nan"))
+            row["input"] = picked.get("size", "-")
+            print(f"  {stage:20s} {label:32s} {row[label]:9.3f} img/s", file=sys.stderr)
+        records.append(row)
+    return records
+
+
+def print_backbone_table(records, where: str) -> None:
+    labels = list(BACKBONE_SETS)
+    header = ["stage", "input", *(f"{label} (img/s)" for label in labels), "lite0 vs resnet50", "lite0 vs tiny"]
+    print(f"device: {where}; torch {torch.__version__}; load average at the end {os.getloadavg()[0]:.2f}")
+    print("| " + " | ".join(header) + " |")
+    print("|" + "|".join("---" for _ in header) + "|")
+    for r in records:
+        lite, tiny, resnet = (r[label] for label in labels)
+        print("| " + " | ".join([r["stage"], r["input"], *(f"{r[label]:.3g}" for label in labels),
+                                 f"{lite / resnet:.2f}x", f"{lite / tiny:.2f}x"]) + " |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", nargs="+", choices=sorted(PRESETS), default=["cpu", "paper"])
@@ -343,6 +401,8 @@ def main() -> None:
     parser.add_argument("--drop", nargs="+", default=[], metavar="WORD",
                         help="skip the variants whose name contains WORD (e.g. amp: bfloat16 on a CPU without AMX)")
     parser.add_argument("--json", default="", help="also write the rows to this JSON file")
+    parser.add_argument("--backbones", action="store_true",
+                        help="compare EfficientNet-Lite0, the tiny backbone and ResNet-50 at the photos_cpu settings")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -352,6 +412,14 @@ def main() -> None:
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else \
         f"CPU ({platform.processor() or platform.machine()}, {os.cpu_count()} cores, {torch.get_num_threads()} threads)"
     print(f"device: {where}; torch {torch.__version__}; load average {os.getloadavg()[0]:.2f}", file=sys.stderr)
+    if args.backbones:
+        cfg = config_mod.load(Path(affinitynet.__file__).parent / "configs" / PRESETS["photos"])
+        records = backbone_table(cfg, device, args)
+        print_backbone_table(records, where)
+        if args.json:
+            with open(args.json, "w", encoding="utf-8") as f:
+                json.dump({"device": where, "torch": torch.__version__, "rows": records}, f, indent=1, default=str)
+        return
     records = []
     for preset in args.preset:
         cfg = config_mod.load(Path(affinitynet.__file__).parent / "configs" / PRESETS[preset])
