@@ -206,10 +206,11 @@ def test_config_rules_of_the_boundary_source():
         config.apply_overrides(config.Config(), ["random_walk.background=sometimes"])
 
 
-def test_irn_cpu_preset_shares_the_classifier_and_cams_of_the_cpu_preset():
-    ours = config.load(config.resolve_config_path("synthetic_cpu_irn"))
-    base = config.load(config.resolve_config_path("synthetic_cpu"))
-    for section in config.SECTIONS:  # everything but the affinity source and its walk is synthetic_cpu's
+@pytest.mark.parametrize("preset", ["synthetic_cpu", "photos_cpu"])
+def test_irn_cpu_preset_shares_the_classifier_and_cams_of_the_cpu_preset(preset):
+    ours = config.load(config.resolve_config_path(f"{preset}_irn"))
+    base = config.load(config.resolve_config_path(preset))
+    for section in config.SECTIONS:  # everything but the affinity source and its walk is the base preset's
         if section not in ("ir_labels", "boundary", "random_walk"):
             assert ours.to_dict()[section] == base.to_dict()[section], section
     assert ours.random_walk.affinity == "boundary" and base.random_walk.affinity == "affinitynet"

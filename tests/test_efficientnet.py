@@ -214,3 +214,16 @@ def test_the_loaded_network_recognises_a_photograph(lite0_file):
     assert int(probs.argmax()) == COCKER_SPANIEL and float(probs[COCKER_SPANIEL]) > 0.4
     wrong = _imagenet_probs(backbone, state, img, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
     assert float(wrong[COCKER_SPANIEL]) < float(probs[COCKER_SPANIEL])
+
+
+@pytest.mark.parametrize("preset", ["photos_cpu", "photos_cpu_irn"])
+def test_the_photo_presets_pass_the_config_rules_with_their_weights(preset):
+    from affinitynet import config
+    from affinitynet.validate import config_problems
+
+    cfg = config.load(config.resolve_config_path(preset))
+    assert not config_problems(cfg, files=False)
+    problems = dict(config_problems(cfg, files=True))
+    assert not [k for k in problems if "pretrained" in k or "efficientnet" in k], problems
+    cfg.cam.pretrained = "efficientnet-lite1"  # the lite1 file for a lite0 network
+    assert "cam.pretrained" in dict(config_problems(cfg, files=True))
