@@ -45,7 +45,7 @@ from affinitynet.ops.inference import multiscale_predict
 from affinitynet.ops.pairs import pair_indices
 from affinitynet.ops.randomwalk import walk_method
 from affinitynet.randomwalk import dense_propagate_reference, propagate_with_affinity
-from affinitynet.stages.train_affinitynet import affinity_batch_loss
+from affinitynet.stages.train_affinitynet import AffinityLoss
 from affinitynet.stages.train_cam import classification_loss
 from affinitynet.stages.train_segmentation import segmentation_loss
 
@@ -128,10 +128,7 @@ def train_rows(stage: str, cfg, device, args) -> list[dict]:
         g = -(-size // stride)
         target = torch.randint(0, 3, (batch, g, g), generator=gen)
         target[:, : g // 4] = 255
-
-        def loss_fn(model, b, dev):
-            return affinity_batch_loss(model, b, dev, radius=section.radius, num_classes=classes + 1,
-                                       reference_pairs=section.reference_pairs, stride=stride)
+        loss_fn = AffinityLoss(section.radius, section.reference_pairs)
     else:
         build, loss_fn = (lambda: build_deeplab(section, classes + 1)), segmentation_loss
         target = torch.randint(0, classes + 1, (batch, size, size), generator=gen)

@@ -111,7 +111,7 @@ def _worker(rank, world, port, out_dir):
     model = TinyBN()
     opt = param_groups_sgd(model.param_groups(), lr=0.05, weight_decay=1e-4, momentum=0.9)
     data = Data()
-    summary = fit(model, ce_loss, data, optimizer=opt, epochs=2, batch_size=2, ckpt_dir=os.path.join(out_dir, "ckpt"),
+    summary = fit(model, ce_loss, data, optimizer=opt, epochs=2, batch_size=4, ckpt_dir=os.path.join(out_dir, "ckpt"),
                   device="cpu", dist_info=info, seed=1, log_every=1, log=logging.getLogger(f"rank{rank}"))
     mean = dist.all_reduce_mean(torch.tensor([float(rank)]))
     obj = dist.broadcast_object({"from": rank})
@@ -137,7 +137,7 @@ def test_fit_on_two_gloo_processes_keeps_ranks_identical(tmp_path):
     assert set(r0["params"]) == set(r1["params"])
     for k in r0["params"]:
         assert torch.equal(r0["params"][k], r1["params"][k]), k
-    # 16 samples / 2 ranks / batch 2 = 4 iterations per epoch
+    # 16 samples / batch 4 = 4 iterations per epoch, each rank running 2 samples of each
     assert r0["summary"]["steps"] == r1["summary"]["steps"] == 8
     assert r0["summary"]["final_loss"] == pytest.approx(r1["summary"]["final_loss"])
     assert r0["mean"] == r1["mean"] == 0.5

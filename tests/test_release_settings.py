@@ -19,7 +19,7 @@ from affinitynet.conventions import normalize_image
 from affinitynet.ops.cam import multiscale_cam, scaled_images
 from affinitynet.ops.confident import grid_labels_from_scores, labels_from_scores
 from affinitynet.ops.pairs import pair_indices, pair_labels, reference_subset
-from affinitynet.stages.train_affinitynet import affinity_batch_loss
+from affinitynet.stages.train_affinitynet import AffinityLoss
 
 from test_crf import needs_crf
 
@@ -109,12 +109,11 @@ def test_training_loss_on_reference_pairs_equals_the_gathered_reference_set():
     grid = torch.randint(0, 3, (1, 8, 10))
     grid[0, :2, :3] = 255
     model = _FixedEmbedding(feat)
-    loss, _ = affinity_batch_loss(model, (torch.zeros(1, 3, 64, 80), grid), "cpu", radius=3, num_classes=3,
-                                  reference_pairs=True)
+    loss, _ = AffinityLoss(radius=3, reference_pairs=True)(model, (torch.zeros(1, 3, 64, 80), grid), "cpu")
     idx_from, idx_to = pair_indices(8, 10, 3, reference=True)
     expected, _ = affinity_loss(pair_affinity(feat, idx_from, idx_to), *pair_labels(grid, idx_from, idx_to))
     assert torch.allclose(loss, expected, atol=1e-6)
-    full, _ = affinity_batch_loss(model, (torch.zeros(1, 3, 64, 80), grid), "cpu", radius=3, num_classes=3)
+    full, _ = AffinityLoss(radius=3)(model, (torch.zeros(1, 3, 64, 80), grid), "cpu")
     assert not torch.allclose(full, expected)  # the two pair sets really differ here
 
 

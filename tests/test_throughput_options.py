@@ -155,13 +155,13 @@ def test_step_sync_off_gives_the_same_weights_and_history(tmp_path):
 
 def test_step_sync_off_reads_losses_only_at_log_points(tmp_path, monkeypatch):
     reads = []
-    check = engine._check_losses
+    read = engine.read_steps
 
     def counting(unread, *args):
-        reads.append([s for s, _, _ in unread])
-        return check(unread, *args)
+        reads.append([u.step for u in unread])
+        return read(unread, *args)
 
-    monkeypatch.setattr(engine, "_check_losses", counting)
+    monkeypatch.setattr(engine, "read_steps", counting)
     train(tmp_path / "a", AccelOptions(step_sync=False), log_every=3)
     assert reads == [[1, 2, 3], [4], [5, 6], [7, 8]]  # log_every=3 and each epoch's last step (4 steps an epoch)
     reads.clear()

@@ -79,7 +79,7 @@ def cmd_export(args) -> int:
 def cmd_check(args) -> int:
     from .commands.check import check_command
 
-    return check_command(_load_config(args.config, args.set))
+    return check_command(_load_config(args.config, args.set), processes=args.processes)
 
 
 # ----------------------------------------------------------------------------- parser
@@ -184,6 +184,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     c = sub.add_parser("check", help="validate a config and its data before a long run; report all problems")
     c.add_argument("config", help="YAML config file or preset name")
+    c.add_argument("--processes", type=int, default=None, metavar="N",
+                   help="the number of processes the run will have (torchrun's nnodes x nproc_per_node): each "
+                        "trained batch_size must split evenly over them (default: $WORLD_SIZE, else 1)")
     add_set(c)
     c.set_defaults(func=cmd_check)
     return p

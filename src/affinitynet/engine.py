@@ -2,10 +2,14 @@
 
 SGD with the reference's per-group learning-rate multipliers, a per-iteration poly schedule, atomic
 checkpoints that resume to the same weights, a NaN guard, a JSON-lines history, and DistributedDataParallel
-when the job has several processes.
+when the job has several processes. ``batch_size`` is the global batch (``affinitynet.global_batch``): N
+processes and ``accumulation`` steps share every batch of one process's schedule, losses are normalised
+over the whole batch and trained BatchNorm layers normalise over it (``affinitynet.batchnorm``), so N
+processes train what one process trains (docs/distributed.md says where that holds bit for bit).
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -19,14 +23,17 @@ import torch.distributed as torch_dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.optim.lr_scheduler import LRScheduler
-from torch.utils.data import DataLoader, DistributedSampler
+from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from .accel import AccelOptions
 from .dist import DistInfo, barrier, derive_seed
+from .batchnorm import synchronise_trained_batchnorm
 from .errors import DataError, StageError
+from .global_batch import GlobalBatches, MeanLoss, SampleMean, StepSums, read_steps, split_batch
 from .checkpoints import gather_rng, load_checkpoint, save_checkpoint, set_rng_state, unwrap
 from .io import atomic_path
+from .ops.loss import weighted_mean
 
 GROUP_NAMES = ("backbone_weights", "backbone_biases", "new_weights", "new_biases")
 LR_MULTIPLIERS = (1.0, 2.0, 10.0, 20.0)
@@ -74,44 +81,15 @@ class PolyLR(LRScheduler):
 # ----------------------------------------------------------------------------- training loop
 
 
-def _convert_trained_bn(module: nn.Module) -> None:
-    """Replace BatchNorm layers that are in training mode by SyncBatchNorm; frozen (eval) ones stay as they are."""
-    for name, child in module.named_children():
-        if isinstance(child, nn.modules.batchnorm._BatchNorm) and child.training:
-            setattr(module, name, nn.SyncBatchNorm.convert_sync_batchnorm(child))
-        else:
-            _convert_trained_bn(child)
-
-
 def _wrap(model: nn.Module, info: DistInfo, device: torch.device, find_unused_parameters: bool) -> nn.Module:
     if not info.distributed:
         return model
-    if device.type == "cuda":  # SyncBatchNorm has no CPU kernel; on gloo/CPU each rank keeps its own batch stats
-        model.train()  # lets the model's own train() put frozen BN layers in eval before we look
-        _convert_trained_bn(model)
+    model.train()  # lets the model's own train() put frozen BN layers in eval before we look
+    synchronise_trained_batchnorm(model, device)
+    if device.type == "cuda":
         return DistributedDataParallel(model, device_ids=[device.index],
                                        find_unused_parameters=find_unused_parameters)
     return DistributedDataParallel(model, find_unused_parameters=find_unused_parameters)
-
-
-def _check_losses(unread: list[tuple[int, torch.Tensor, float]], info: DistInfo, epoch: int, last_path: Path) -> float:
-    """Read the (step, loss, lr) entries not checked yet; StageError at the first loss that is not finite on any
-    rank (all ranks agree). Returns this rank's latest loss value."""
-    losses = torch.stack([loss.float() for _, loss, _ in unread])
-    order = torch.arange(len(unread), device=losses.device)
-    first = torch.where(torch.isfinite(losses), len(unread), order).min().reshape(1)
-    if info.distributed:
-        torch_dist.all_reduce(first, op=torch_dist.ReduceOp.MIN)
-    values = losses.tolist()
-    i = int(first.item())
-    if i < len(unread):
-        step, _, lr = unread[i]
-        kept = f"last good checkpoint kept at {last_path}" if last_path.is_file() else \
-            "no checkpoint was written yet (one is written after each epoch)"
-        what = "NaN" if not np.isinf(values[i]) else "infinite"
-        raise StageError(f"loss became {what} at epoch {epoch} step {step}; {kept}; lower the "
-                         f"learning rate (now {lr:.3g}) and re-run")
-    return values[-1]
 
 
 def _jsonable(o):
@@ -180,29 +158,45 @@ def _dump_rank_weights(model: nn.Module, info: DistInfo, tag: str) -> None:
         torch.save(state, tmp)
 
 
-def fit(model: nn.Module, loss_fn: Callable, dataset, *, optimizer: torch.optim.Optimizer, epochs: int,
+def _to_device(batch, device: torch.device):
+    """A batch (tensors, or tuples / lists of them) on ``device``, copied without blocking."""
+    if torch.is_tensor(batch):
+        return batch.to(device, non_blocking=True)
+    if isinstance(batch, (tuple, list)):
+        return type(batch)(_to_device(b, device) for b in batch)
+    return batch
+
+
+def fit(model: nn.Module, loss_fn: Callable | MeanLoss, dataset, *, optimizer: torch.optim.Optimizer, epochs: int,
         batch_size: int, ckpt_dir, device, poly_power: float = 0.9, dist_info: DistInfo | None = None,
         seed: int = 0, num_workers: int = 0, progress: bool = False, log_every: int = 20,
         log: logging.Logger | None = None, validate: Callable | None = None, config: dict | None = None,
         collate_fn: Callable | None = None, find_unused_parameters: bool = False,
-        accel: AccelOptions | None = None) -> dict:
-    """Train ``model`` for ``epochs`` with ``loss_fn(model, batch, device) -> (scalar loss, {name: scalar})``.
+        accel: AccelOptions | None = None, accumulation: int = 1, batch_key: str = "batch_size") -> dict:
+    """Train ``model`` for ``epochs`` with global batches of ``batch_size`` and a ``MeanLoss``, or a plain
+    ``loss_fn(model, batch, device) -> (scalar mean over the batch's samples, {name: scalar})``.
 
+    Each of the job's processes runs its share of every batch in ``accumulation`` micro-batches of
+    ``batch_size`` / (processes x ``accumulation``) samples (a ConfigError naming ``batch_key`` when that
+    does not divide), gradients are summed over all of them and the optimiser steps once: the schedule,
+    the samples of each step and their augmentation do not depend on how the batch is split.
     Resumes from ``ckpt_dir/last.pt`` when present, writes it after every epoch (rank 0), appends to
-    ``ckpt_dir/history.jsonl``, writes ``ckpt_dir/final.pt`` and returns a summary dict. ``loss_fn`` must run
-    the network through ``model(...)`` (it receives the DDP wrapper when the job has several processes).
-    ``validate(model) -> {name: value}`` runs after each epoch on rank 0 with the unwrapped model under
-    ``torch.no_grad()``; it calls ``model.eval()`` itself, ``fit`` switches back to ``train()``.
-    A non-finite loss raises StageError and leaves ``last.pt`` as it was.
+    ``ckpt_dir/history.jsonl`` (losses of the whole batch), writes ``ckpt_dir/final.pt`` and returns a
+    summary dict. The loss must run the network through ``model(...)`` (it receives the DDP wrapper when
+    the job has several processes). ``validate(model) -> {name: value}`` runs after each epoch on rank 0
+    with the unwrapped model under ``torch.no_grad()``; it calls ``model.eval()`` itself, ``fit`` switches
+    back to ``train()``. A non-finite loss raises StageError and leaves ``last.pt`` as it was.
     ``accel`` (``affinitynet.accel``): mixed precision, channels-last, DataLoader pinning and prefetch, and
-    whether losses (scalars or 0-dim tensors) are read every step or only every ``log_every`` steps.
+    whether losses are read every step or only every ``log_every`` steps.
     """
     info = dist_info or DistInfo()
     accel = accel or AccelOptions()
+    loss = loss_fn if isinstance(loss_fn, MeanLoss) else SampleMean(loss_fn)
     log = log or logging.getLogger("affinitynet.engine")
     device = torch.device(device)
     ckpt_dir = Path(ckpt_dir)
     last_path, final_path, history = ckpt_dir / "last.pt", ckpt_dir / "final.pt", ckpt_dir / "history.jsonl"
+    micro = split_batch(batch_size, info.world_size, accumulation, batch_key)
     if info.is_main:
         ckpt_dir.mkdir(parents=True, exist_ok=True)
 
@@ -210,16 +204,15 @@ def fit(model: nn.Module, loss_fn: Callable, dataset, *, optimizer: torch.optim.
     if accel.channels_last:
         model.to(memory_format=torch.channels_last)
     scaler = accel.grad_scaler(device)
-    sampler = DistributedSampler(dataset, num_replicas=info.world_size, rank=info.rank, shuffle=True,
-                                 seed=seed, drop_last=True)
-    steps_per_epoch = len(sampler) // batch_size
+    sampler = GlobalBatches(len(dataset), batch_size, info.world_size, info.rank, accumulation, seed)
+    steps_per_epoch = sampler.steps
     if steps_per_epoch == 0:
-        raise StageError(f"{len(dataset)} training samples make no full batch of {batch_size} "
-                         f"on each of {info.world_size} process(es); lower batch_size")
+        raise StageError(f"{len(dataset)} training samples make no full batch of {batch_size}; lower {batch_key}")
     scheduler = PolyLR(optimizer, steps_per_epoch * epochs, poly_power)
-    if info.distributed:
-        log.info("%d processes x batch %d = effective batch %d; %d iterations per epoch",
-                 info.world_size, batch_size, info.world_size * batch_size, steps_per_epoch)
+    if info.distributed or accumulation > 1:
+        n, m = info.world_size, accumulation
+        log.info(f"batch {batch_size} = {n} process{'es' if n > 1 else ''} x {m} accumulation step{'s' if m > 1 else ''}"
+                 f" x {micro} image{'s' if micro > 1 else ''}; {steps_per_epoch} iterations per epoch")
 
     start_epoch, step, time_before, last_loss, resumed_from, rng_states = 0, 0, 0.0, float("nan"), None, None
     if last_path.is_file():
@@ -250,7 +243,7 @@ def fit(model: nn.Module, loss_fn: Callable, dataset, *, optimizer: torch.optim.
     barrier()
 
     train_model = _wrap(model, info, device, find_unused_parameters)
-    net = accel.wrap(train_model, device)  # what loss_fn calls: autocast and channels-last inputs when asked
+    net = accel.wrap(train_model, device)  # what the loss calls: autocast and channels-last inputs when asked
     if rng_states:
         set_rng_state(rng_states[info.rank] if len(rng_states) == info.world_size else rng_states[0])
 
@@ -259,44 +252,60 @@ def fit(model: nn.Module, loss_fn: Callable, dataset, *, optimizer: torch.optim.
         sampler.set_epoch(epoch)
         if hasattr(dataset, "set_epoch"):
             dataset.set_epoch(epoch)
-        loader = DataLoader(dataset, batch_size=batch_size, sampler=sampler, drop_last=True, collate_fn=collate_fn,
+        loader = DataLoader(dataset, batch_sampler=sampler, collate_fn=collate_fn,
                             generator=torch.Generator().manual_seed(derive_seed(seed, epoch)),
                             **accel.loader_kwargs(device, num_workers))
         train_model.train()
-        sums: dict[str, torch.Tensor | float] = {}  # float64 tensors stay on the device: no synchronisation
+        sums: dict[str, float] = {}
         count = 0
-        unread: list[tuple[int, torch.Tensor, float]] = []  # (step, loss, lr) not yet checked for NaN
-        bar = tqdm(loader, total=steps_per_epoch, desc=f"epoch {epoch}/{epochs}", leave=False,
+        unread: list[StepSums] = []  # steps whose losses are not read (nor checked for NaN) yet
+        parts: list = []  # this step's micro-batches
+        bar = tqdm(loader, total=len(sampler), desc=f"epoch {epoch}/{epochs}", leave=False,
                    disable=not (progress and info.is_main), dynamic_ncols=True)
         for batch in bar:
-            loss, logs = loss_fn(net, batch, device)
-            if loss.dim() != 0:
-                raise ValueError(f"loss_fn must return a scalar loss, got shape {tuple(loss.shape)}")
-            unread.append((step + 1, loss.detach(), optimizer.param_groups[0]["lr"]))
+            parts.append(_to_device(batch, device))
+            if len(parts) < accumulation:
+                continue
+            batches, parts = parts, []
+            counts = sum(loss.counts(b, device) for b in batches)  # (K,) over this rank's micro-batches
+            if info.distributed:
+                torch_dist.all_reduce(counts, op=torch_dist.ReduceOp.SUM)  # ... and over every rank's
+            optimizer.zero_grad(set_to_none=True)
+            step_sums, logs = None, {}
+            for m, b in enumerate(batches):
+                quiet = info.distributed and m + 1 < len(batches)  # gradients are averaged after the last one
+                with train_model.no_sync() if quiet else contextlib.nullcontext():
+                    b_sums, b_logs = loss.sums(net, b, device)
+                    share = weighted_mean(b_sums, counts, loss.weights)
+                    # DDP averages the ranks' gradients; the ranks' shares add up to the batch's loss
+                    scaler.scale(share * info.world_size if info.distributed else share).backward()
+                step_sums = b_sums.detach() if step_sums is None else step_sums + b_sums.detach()
+                for k, v in (b_logs or {}).items():
+                    v = v.detach() if torch.is_tensor(v) else float(v)
+                    logs[k] = logs.get(k, 0.0) + v / len(batches)
+            unread.append(StepSums(step + 1, step_sums, counts, logs, optimizer.param_groups[0]["lr"]))
             logged = log_every > 0 and (step + 1) % log_every == 0
             if accel.step_sync or logged or count + 1 == steps_per_epoch:  # the only host-device syncs
-                loss_value = _check_losses(unread, info, epoch, last_path)
+                rows = read_steps(unread, loss, info, epoch, last_path)
                 unread.clear()
-                bar.set_postfix(loss=f"{loss_value:.4f}")
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
+                for row in rows:
+                    values = {k: float(v) for k, v in row.items() if k not in ("step", "lr")}
+                    for k, v in values.items():
+                        sums[k] = sums.get(k, 0.0) + v
+                    if info.is_main and log_every > 0 and row["step"] % log_every == 0:
+                        _append_jsonl(history, {"kind": "step", "epoch": epoch, "step": row["step"],
+                                                "lr": row["lr"], **values})
+                        log.info("epoch %d/%d iteration %d/%d loss %.4f lr %.3g", epoch, epochs, row["step"],
+                                 scheduler.max_step, values["loss"], row["lr"])
+                bar.set_postfix(loss=f"{rows[-1]['loss']:.4f}")
             scaler.step(optimizer)
             scaler.update()
-            lr = optimizer.param_groups[0]["lr"]  # the rate this iteration used
             scheduler.step()
             step += 1
-            values = {"loss": loss.detach(), **(logs or {})}
-            for k, v in values.items():  # tensors stay on their device; 0.0 + x is x exactly
-                sums[k] = sums.get(k, 0.0) + (v.detach().to(torch.float64) if torch.is_tensor(v) else float(v))
             count += 1
-            if info.is_main and logged:
-                row = {k: float(v) for k, v in values.items()}
-                _append_jsonl(history, {"kind": "step", "epoch": epoch, "step": step, "lr": lr, **row})
-                log.info("epoch %d/%d iteration %d/%d loss %.4f lr %.3g", epoch, epochs, step,
-                         scheduler.max_step, row["loss"], lr)
         bar.close()
 
-        means = _mean_over_ranks({k: float(v) for k, v in sums.items()}, count, info, device)
+        means = _mean_over_ranks(sums, count, info, device)
         last_loss = means.get("loss", float("nan"))
         val = {}
         if validate is not None and info.is_main:

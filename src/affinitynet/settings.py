@@ -66,7 +66,8 @@ class CamConfig:
     checkpoint: str = ""  # a trained classifier (ours, or the release's res38_cls.pth): train_cam uses it as is
     output_stride: int = 8
     epochs: int = 15
-    batch_size: int = 16
+    batch_size: int = 16  # images per step, over all processes
+    accumulation: int = 1  # steps each process splits its share of a batch into (less memory, the same training)
     lr: float = 0.01
     weight_decay: float = 5e-4
     momentum: float = 0.9
@@ -119,7 +120,8 @@ class AffinityNetConfig:
     radius: int = 5
     reference_pairs: bool = False  # train on the release's border-trimmed pair set
     epochs: int = 8
-    batch_size: int = 8
+    batch_size: int = 8  # images per step, over all processes
+    accumulation: int = 1  # steps each process splits its share of a batch into (less memory, the same training)
     lr: float = 0.1
     weight_decay: float = 5e-4
     momentum: float = 0.9
@@ -161,7 +163,8 @@ class BoundaryConfig:
     radius: int = 10  # pairs of the training loss (the walk uses random_walk.radius)
     reference_pairs: bool = False  # train on the border-trimmed pair set of IRN's path index
     epochs: int = 3
-    batch_size: int = 32
+    batch_size: int = 32  # images per step, over all processes
+    accumulation: int = 1  # steps each process splits its share of a batch into (less memory, the same training)
     lr: float = 0.1
     weight_decay: float = 1e-4
     momentum: float = 0.9
@@ -209,7 +212,8 @@ class SegmentationConfig:
     output_stride: int = 8
     labels: str = "pseudo"  # pseudo (this run's random-walk labels) | gt (fully supervised upper bound) | a folder
     epochs: int = 20
-    batch_size: int = 10
+    batch_size: int = 10  # images per step, over all processes
+    accumulation: int = 1  # steps each process splits its share of a batch into (less memory, the same training)
     lr: float = 0.001
     weight_decay: float = 5e-4
     momentum: float = 0.9

@@ -77,6 +77,7 @@ def _check_network(report: Problems, name: str, sec, *, resize: bool, files: boo
                                             f"got {sec.output_stride}")
     _at_least(report, f"{name}.epochs", sec.epochs, 1)
     _at_least(report, f"{name}.batch_size", sec.batch_size, 1)
+    _at_least(report, f"{name}.accumulation", sec.accumulation, 1)
     _at_least(report, f"{name}.crop_size", sec.crop_size, MIN_CROP, " pixels")
     _positive(report, f"{name}.lr", sec.lr)
     if sec.weight_decay < 0:
@@ -142,11 +143,35 @@ def _check_boundary(report: Problems, cfg: Config, files: bool) -> None:
                                             f"({cfg.cam.backbone}), got {b.backbone}")
 
 
-def config_problems(cfg: Config, report: Problems | None = None, *, files: bool = True) -> Problems:
+def batch_split_problems(cfg: Config, processes: int, report: Problems | None = None) -> Problems:
+    """Each trained network's ``batch_size`` that does not split evenly over ``processes`` x its ``accumulation``."""
+    from .global_batch import batch_split_problem
+    from .stages import trained_sections
+
+    report = report if report is not None else Problems()
+    for name in trained_sections(cfg):
+        sec = cfg.section(name)
+        if sec.accumulation >= 1 and sec.batch_size >= 1:  # else reported on their own
+            problem = batch_split_problem(sec.batch_size, processes, sec.accumulation, name)
+            if problem:
+                report.add(f"{name}.batch_size", problem)
+    return report
+
+
+def launched_processes() -> int:
+    """The job's number of processes as the launcher (torchrun, SLURM's srun under torchrun) states it: WORLD_SIZE, or 1."""
+    from .dist import _env_int
+
+    return max(1, _env_int("WORLD_SIZE", 1))
+
+
+def config_problems(cfg: Config, report: Problems | None = None, *, files: bool = True,
+                    processes: int | None = None) -> Problems:
     """Every config value that a stage would reject late or that makes no sense, each as (key, problem).
 
     The runner calls it before the first stage (``files=False``); ``affinitynet check`` also looks at
     the files and the environment the config names (weights, label folders, the CRF binding).
+    ``processes`` (default: the launcher's WORLD_SIZE, else 1) is what each trained ``batch_size`` must split over.
     """
     from .data import DATASETS
     from .data.voc import LABEL_SOURCES
@@ -236,6 +261,7 @@ def config_problems(cfg: Config, report: Problems | None = None, *, files: bool 
     _at_least(report, "runtime.num_workers", rt.num_workers, 0)
     _at_least(report, "runtime.threads", rt.threads, 0)
     _at_least(report, "runtime.log_every", rt.log_every, 0)
+    batch_split_problems(cfg, launched_processes() if processes is None else processes, report)
     return report
 
 

@@ -158,22 +158,23 @@ def check_data(cfg: Config, report: CheckReport | None = None, *, progress=None)
     return report
 
 
-def run_check(cfg: Config, *, progress=None) -> CheckReport:
-    """Config checks, then data checks: every problem found, not just the first."""
+def run_check(cfg: Config, *, progress=None, processes: int | None = None) -> CheckReport:
+    """Config checks, then data checks: every problem found, not just the first. ``processes``: what the run's
+    batches must split over (default: the launcher's WORLD_SIZE, else 1)."""
     report = CheckReport()
-    for where, problem in config_problems(cfg, files=True):
+    for where, problem in config_problems(cfg, files=True, processes=processes):
         report.add(where, problem)
     return check_data(cfg, report, progress=progress)
 
 
-def check_command(cfg: Config) -> int:
+def check_command(cfg: Config, processes: int | None = None) -> int:
     """``affinitynet check``: print a summary and one line per problem; 0 when clean, 1 when problems were found."""
     from ..logs import progress
 
     def bar(items, desc):
         return progress(items, desc=desc, enabled=cfg.runtime.progress)
 
-    report = run_check(cfg, progress=bar)
+    report = run_check(cfg, progress=bar, processes=processes)
     for note in report.notes:
         print(f"note: {note}")
     print(report.summary())

@@ -50,6 +50,25 @@ def grid_pair_affinity(feat: torch.Tensor, radius: int) -> torch.Tensor:
     return torch.cat(parts, dim=1) if parts else feat.new_zeros(b, 0)
 
 
+AFFINITY_TERMS = ("bg", "fg", "neg")
+AFFINITY_WEIGHTS = (0.25, 0.25, 0.5)  # bg/4 + fg/4 + neg/2
+
+
+def affinity_counts(bg_pos: torch.Tensor, fg_pos: torch.Tensor, neg: torch.Tensor) -> torch.Tensor:
+    """Boolean pair masks (B, P) -> (3,) int64 numbers of background-positive, foreground-positive and negative pairs."""
+    return torch.stack([bg_pos.sum(), fg_pos.sum(), neg.sum()])
+
+
+def affinity_sums(aff: torch.Tensor, bg_pos: torch.Tensor, fg_pos: torch.Tensor, neg: torch.Tensor,
+                  eps: float = 1e-5) -> torch.Tensor:
+    """aff (B, P) and boolean masks (B, P) -> (3,) sums of -log a over bg-positive, -log a over fg-positive and
+    -log(1 - a) over negative pairs: the AffinityNet loss is their ``AFFINITY_WEIGHTS`` mean (``affinity_loss``)."""
+    pos_term = -torch.log(aff + eps)
+    neg_term = -torch.log(1.0 + eps - aff)
+    return torch.stack([torch.where(bg_pos, pos_term, 0.0).sum(), torch.where(fg_pos, pos_term, 0.0).sum(),
+                        torch.where(neg, neg_term, 0.0).sum()])
+
+
 def affinity_loss(
     aff: torch.Tensor, bg_pos: torch.Tensor, fg_pos: torch.Tensor, neg: torch.Tensor, eps: float = 1e-5
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -57,21 +76,15 @@ def affinity_loss(
 
     The parts (each term and its pair count) are 0-dim tensors on aff's device: nothing here waits for the device.
     """
-    pos_term = -torch.log(aff + eps)
-    neg_term = -torch.log(1.0 + eps - aff)
-    terms, parts = [], {}
-    for name, mask, values, weight in (
-        ("bg", bg_pos, pos_term, 0.25),
-        ("fg", fg_pos, pos_term, 0.25),
-        ("neg", neg, neg_term, 0.5),
-    ):
-        count = mask.sum()
-        # no pairs of this kind: 0 / 1, which contributes 0 but keeps the graph connected
-        term = torch.where(mask, values, 0.0).sum() / count.clamp(min=1)
-        terms.append(weight * term)
-        parts[f"{name}_loss"] = term.detach()
-        parts[f"{name}_count"] = count
-    return terms[0] + terms[1] + terms[2], parts
+    from .loss import weighted_mean
+
+    sums, counts = affinity_sums(aff, bg_pos, fg_pos, neg, eps), affinity_counts(bg_pos, fg_pos, neg)
+    means = (sums / counts.clamp(min=1)).detach()
+    parts = {}
+    for k, name in enumerate(AFFINITY_TERMS):
+        parts[f"{name}_loss"] = means[k]
+        parts[f"{name}_count"] = counts[k]
+    return weighted_mean(sums, counts, AFFINITY_WEIGHTS), parts
 
 
 def affinity_average_precision(aff: torch.Tensor, is_pos: torch.Tensor) -> float:

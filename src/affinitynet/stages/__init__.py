@@ -28,6 +28,7 @@ class StageSpec:
     exclude: tuple[str, ...] = ()  # section.key entries that do not change its outputs
     files: Callable | None = None  # config -> paths of input files whose bytes (sha256) enter its identity
     needed: Callable | None = None  # config -> False when it has nothing to do (e.g. a given checkpoint)
+    trains: str = ""  # the config section of the network it trains (its batch_size, accumulation, ...)
 
     @property
     def folder(self) -> str:
@@ -71,7 +72,8 @@ _SIZE_BOUNDS = ("cam.max_long_side", "random_walk.max_long_side", "segmentation.
 STAGES: tuple[StageSpec, ...] = (
     StageSpec("train_cam", train_cam.run, "train the classification network (multi-label soft margin)",
               ("data", "cam"), outputs=(_out("train_cam", "final.pt"),),
-              exclude=_CAM_INFERENCE + _SIZE_BOUNDS, files=_given("cam"), needed=_classifier_needed),
+              exclude=_CAM_INFERENCE + _SIZE_BOUNDS + ("cam.accumulation",), files=_given("cam"),
+              needed=_classifier_needed, trains="cam"),
     StageSpec("make_cam", make_cam.run, "class activation maps of the training images (multi-scale + flip)",
               _CAM_INFERENCE, upstream=("train_cam",), outputs=(_out("make_cam"),)),
     StageSpec("make_affinity_labels", make_affinity_labels.run,
@@ -80,21 +82,23 @@ STAGES: tuple[StageSpec, ...] = (
               exclude=_WORKERS, needed=_for_source("make_affinity_labels", unless_given="affinitynet")),
     StageSpec("train_affinitynet", train_affinitynet.run, "train AffinityNet on pairs of confident pixels",
               ("affinitynet", "affinity_labels.grid_labels"), upstream=("make_affinity_labels",),
-              outputs=(_out("train_affinitynet", "final.pt"),), files=_given("affinitynet"),
-              needed=_for_source("train_affinitynet")),
+              outputs=(_out("train_affinitynet", "final.pt"),), exclude=("affinitynet.accumulation",),
+              files=_given("affinitynet"), needed=_for_source("train_affinitynet"), trains="affinitynet"),
     StageSpec("make_ir_labels", make_ir_labels.run,
               "confident fg/bg by thresholds (dense CRF) -> inter-pixel relation labels (IRN)",
               ("ir_labels",), upstream=("make_cam",), outputs=(_out("make_ir_labels"),),
               exclude=_WORKERS, needed=_for_source("make_ir_labels", unless_given="boundary")),
     StageSpec("train_boundary", train_boundary.run, "train the class boundary network on relation pairs (IRN)",
               ("boundary",), upstream=("train_cam", "make_ir_labels"), outputs=(_out("train_boundary", "final.pt"),),
-              exclude=_BOUNDARY_INFERENCE, files=_given("boundary"), needed=_for_source("train_boundary")),
+              exclude=_BOUNDARY_INFERENCE + ("boundary.accumulation",), files=_given("boundary"),
+              needed=_for_source("train_boundary"), trains="boundary"),
     StageSpec("random_walk", random_walk.run, "propagate CAMs with pair affinities -> pseudo labels",
               ("random_walk",) + _BOUNDARY_INFERENCE, upstream=("make_cam", "train_affinitynet", "train_boundary"),
               outputs=(_out("random_walk"),), exclude=_WORKERS + _SIZE_BOUNDS),
     StageSpec("train_segmentation", train_segmentation.run, "train the segmentation network on the pseudo labels",
               ("segmentation",), upstream=("train_cam", "random_walk"),
-              outputs=(_out("train_segmentation", "final.pt"),), exclude=_SEG_INFERENCE + _SIZE_BOUNDS),
+              outputs=(_out("train_segmentation", "final.pt"),),
+              exclude=_SEG_INFERENCE + _SIZE_BOUNDS + ("segmentation.accumulation",), trains="segmentation"),
     StageSpec("segment", segment.run, "predict the evaluation split with the segmentation network",
               _SEG_INFERENCE + ("eval.report_images", "eval.crf_rows"), upstream=("train_segmentation",),
               outputs=(_out("segment"),)),
@@ -104,6 +108,12 @@ STAGES: tuple[StageSpec, ...] = (
 )
 
 STAGE_NAMES = tuple(s.name for s in STAGES)
+
+
+def trained_sections(cfg) -> list[str]:
+    """The config sections of the networks this config trains (a given checkpoint or an idle stage trains none)."""
+    return [s.trains for s in STAGES if s.trains and (s.needed is None or s.needed(cfg))
+            and not getattr(cfg.section(s.trains), "checkpoint", "")]
 
 
 def stage_spec(name: str) -> StageSpec:

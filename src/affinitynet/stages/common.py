@@ -112,20 +112,38 @@ def use_given_checkpoint(ctx, model: torch.nn.Module, path: str) -> dict:
 
 
 def train_network(ctx, model: torch.nn.Module, section, dataset, loss_fn, *, validate=None) -> dict:
-    """Shared wiring of the three training stages: SGD with the x1/x2/x10/x20 groups, poly LR, ``fit``.
+    """Shared wiring of the training stages: SGD with the x1/x2/x10/x20 groups, poly LR, ``fit``.
 
-    ``section`` is the stage's config section (lr, weight_decay, momentum, poly_power, epochs, batch_size).
-    Checkpoints, ``history.jsonl`` and ``final.pt`` go to the stage's folder.
+    ``section`` is the stage's config section (lr, weight_decay, momentum, poly_power, epochs, batch_size,
+    accumulation). Checkpoints, ``history.jsonl`` and ``final.pt`` go to the stage's folder. Running out of
+    memory stops the stage with a one-line StageError naming the key that lets each process hold fewer images.
     """
     from ..accel import AccelOptions
+    from ..context import is_out_of_memory
     from ..dist import DistInfo
     from ..engine import fit, param_groups_sgd
+    from ..global_batch import split_batch
+    from . import stage_spec
 
+    name = stage_spec(ctx.stage).trains
     model = model.to(ctx.device)
     optimizer = param_groups_sgd(model.param_groups(), section.lr, section.weight_decay, section.momentum)
     rt = ctx.cfg.runtime
-    return fit(model, loss_fn, dataset, optimizer=optimizer, epochs=section.epochs, batch_size=section.batch_size,
-               ckpt_dir=ctx.layout.folder(ctx.stage), device=ctx.device, poly_power=section.poly_power,
-               dist_info=DistInfo(ctx.rank, ctx.world_size, ctx.local_rank), seed=rt.seed,
-               num_workers=rt.num_workers, progress=rt.progress and ctx.is_main, log_every=rt.log_every,
-               log=ctx.log, validate=validate, config=ctx.cfg.to_dict(), accel=AccelOptions.from_runtime(rt))
+    try:
+        return fit(model, loss_fn, dataset, optimizer=optimizer, epochs=section.epochs,
+                   batch_size=section.batch_size, ckpt_dir=ctx.layout.folder(ctx.stage), device=ctx.device,
+                   poly_power=section.poly_power, dist_info=DistInfo(ctx.rank, ctx.world_size, ctx.local_rank),
+                   seed=rt.seed, num_workers=rt.num_workers, progress=rt.progress and ctx.is_main,
+                   log_every=rt.log_every, log=ctx.log, validate=validate, config=ctx.cfg.to_dict(),
+                   accel=AccelOptions.from_runtime(rt), accumulation=section.accumulation,
+                   batch_key=f"{name}.batch_size")
+    except (RuntimeError, MemoryError) as e:
+        if not is_out_of_memory(e):
+            raise
+        images = split_batch(section.batch_size, ctx.world_size, section.accumulation)
+        what = (f"raise {name}.accumulation (now {section.accumulation}; each process holds {images} of the "
+                f"{section.batch_size} images of a step at a time) for the same training in smaller parts"
+                if images > 1 else f"each process holds 1 image at a time already: lower {name}.crop_size "
+                                   f"(now {section.crop_size})")
+        raise StageError(f"out of memory in {ctx.stage} on {ctx.device}; {what}, and re-run the same command to "
+                         f"resume from the last finished epoch") from None

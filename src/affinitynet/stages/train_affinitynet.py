@@ -1,7 +1,7 @@
 """train_affinitynet: learn pixel affinities from the confident regions.
 
 Each batch: augment image and affinity label map jointly, crop, pool the labels to the embedding's grid
-(``pool_label_map``; with ``affinity_labels.grid_labels: scores`` the CRF score stacks are cropped with
+(``pool_label_map``, in the data loader; with ``affinity_labels.grid_labels: scores`` the CRF score stacks are cropped with
 the image and averaged per cell before the argmax, ``grid_labels_from_scores``), label every pair within
 the radius as background-positive / foreground-positive / negative (all pairs, or the release's
 border-trimmed set with ``affinitynet.reference_pairs``), and minimise bg/4 + fg/4 + neg/2 of -log a,
@@ -20,7 +20,9 @@ import torch.nn.functional as F
 from ..data.transforms import LabelMapSet, TrainTransform
 from ..io import load_label_png, write_json
 from ..models import build_affinitynet
-from ..ops.affinity import affinity_loss, grid_pair_affinity, pair_ap
+from ..global_batch import MeanLoss
+from ..ops.affinity import (AFFINITY_TERMS, AFFINITY_WEIGHTS, affinity_counts, affinity_sums,
+                             grid_pair_affinity, pair_ap)
 from ..ops.bound import shrink_image, shrink_mask
 from ..conventions import STRIDE, normalize_image
 from ..ops.confident import grid_labels_from_scores, pool_label_map
@@ -39,22 +41,39 @@ def _affinity_scores(layout, name: str) -> np.ndarray:
     return load_scores(layout.affinity_scores(name))
 
 
-def affinity_batch_loss(model, batch, device, *, radius: int, num_classes: int, reference_pairs: bool = False,
-                        stride: int = STRIDE):
-    """Affinity loss of one batch: images (B, 3, S, S), label maps (B, S, S) or (B, h, w) on the embedding's grid of
-    ``stride`` pixels, 255 ignore."""
-    x, label = batch
-    feat = model(x.to(device, non_blocking=True))
-    h, w = feat.shape[-2:]
-    label = label.to(device, non_blocking=True)
-    grid = label if label.shape[-2:] == (h, w) else pool_label_map(label, num_classes, stride)[..., :h, :w]
-    idx_from, idx_to = pair_indices(h, w, radius, reference=reference_pairs, device=feat.device)
-    bg_pos, fg_pos, neg = pair_labels(grid, idx_from, idx_to)
-    aff = grid_pair_affinity(feat, radius)
-    if reference_pairs:
-        aff = aff[:, reference_subset(h, w, radius, device=aff.device)]
-    loss, parts = affinity_loss(aff, bg_pos, fg_pos, neg)
-    return loss, parts
+class AffinityLoss(MeanLoss):
+    """The AffinityNet loss over a batch: images (B, 3, S, S), labels (B, h, w) on the feature grid (255 ignore).
+
+    Pairs within ``radius`` (all of them, or the release's border-trimmed set with ``reference_pairs``);
+    bg/4 + fg/4 + neg/2 of the means of -log a, -log a, -log(1 - a), each over its pairs in the whole batch.
+    """
+
+    terms, weights = AFFINITY_TERMS, AFFINITY_WEIGHTS
+
+    def __init__(self, radius: int, reference_pairs: bool = False):
+        self.radius, self.reference_pairs = radius, reference_pairs
+
+    def pair_masks(self, grid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(B, h, w) labels -> the (B, P) bg-positive, fg-positive and negative masks of the pair set."""
+        h, w = grid.shape[-2:]
+        return pair_labels(grid, *pair_indices(h, w, self.radius, reference=self.reference_pairs, device=grid.device))
+
+    def counts(self, batch, device) -> torch.Tensor:
+        """(3,) numbers of bg-positive, fg-positive and negative pairs in the batch."""
+        return affinity_counts(*self.pair_masks(batch[1].to(device, non_blocking=True)))
+
+    def sums(self, model, batch, device) -> tuple[torch.Tensor, dict]:
+        """(3,) sums of the three terms over the batch's pairs."""
+        x, grid = batch
+        feat = model(x.to(device, non_blocking=True))
+        grid = grid.to(device, non_blocking=True)
+        if grid.shape[-2:] != feat.shape[-2:]:
+            raise ValueError(f"labels on a {tuple(grid.shape[-2:])} grid, the embedding on {tuple(feat.shape[-2:])}")
+        aff = grid_pair_affinity(feat, self.radius)
+        if self.reference_pairs:
+            h, w = feat.shape[-2:]
+            aff = aff[:, reference_subset(h, w, self.radius, device=aff.device)]
+        return affinity_sums(aff, *self.pair_masks(grid)), {}
 
 
 @torch.no_grad()
@@ -103,14 +122,15 @@ def run(ctx) -> dict:
         require(layout.affinity_scores(name) if from_scores else layout.affinity_label(name), "make_affinity_labels")
     model = build_affinitynet(cfg)
     transform = TrainTransform("aff", cfg, model.backbone.mean, model.backbone.std)
+    # the labels reach the loss on the feature grid: the CRF scores averaged per cell, or the label map's vote
     if from_scores:
         data = LabelMapSet(ds, ds.names, functools.partial(_affinity_scores, layout), transform,
                            seed=ctx.cfg.runtime.seed, reduce=functools.partial(grid_labels_from_scores, stride=model.stride))
     else:
         data = LabelMapSet(ds, ds.names, functools.partial(_affinity_label, layout), transform,
-                           seed=ctx.cfg.runtime.seed)
-    loss_fn = functools.partial(affinity_batch_loss, radius=cfg.radius, num_classes=ds.num_classes + 1,
-                                reference_pairs=cfg.reference_pairs, stride=model.stride)
+                           seed=ctx.cfg.runtime.seed,
+                           reduce=functools.partial(pool_label_map, num_classes=ds.num_classes + 1, stride=model.stride))
+    loss_fn = AffinityLoss(cfg.radius, cfg.reference_pairs)
     val = ctx.val_set
     validate = (functools.partial(affinity_ap, dataset=val, device=ctx.device, radius=cfg.radius, max_long_side=bound,
                                   stride=model.stride)

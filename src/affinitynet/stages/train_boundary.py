@@ -21,7 +21,8 @@ from ..data.transforms import LabelMapSet, TrainTransform
 from ..io import load_label_png, write_json
 from ..models import build_boundary
 from ..models.boundary import STRIDE
-from ..ops.affinity import affinity_loss, pair_ap
+from ..global_batch import MeanLoss
+from ..ops.affinity import AFFINITY_TERMS, AFFINITY_WEIGHTS, affinity_counts, affinity_sums, pair_ap
 from ..ops.bound import shrink_image, shrink_mask
 from ..ops.pairs import pair_indices, pair_labels, reference_subset
 from ..ops.paths import path_max_affinity
@@ -35,18 +36,39 @@ def _ir_label(layout, name: str) -> np.ndarray:
     return load_label_png(layout.ir_label(name))
 
 
-def boundary_batch_loss(model, batch, device, *, radius: int, reference_pairs: bool = False):
-    """Edge loss of one batch: images (B, 3, S, S), relation labels (B, S/4, S/4) on the stride-4 grid, 255 ignore."""
-    x, grid = batch
-    logits = model(x.to(device, non_blocking=True))
-    h, w = logits.shape[-2:]
-    grid = grid.to(device, non_blocking=True)[..., :h, :w]
-    idx_from, idx_to = pair_indices(h, w, radius, reference=reference_pairs, device=logits.device)
-    bg_pos, fg_pos, neg = pair_labels(grid, idx_from, idx_to)
-    aff = path_max_affinity(torch.sigmoid(logits.float()), radius)
-    if reference_pairs:
-        aff = aff[:, reference_subset(h, w, radius, device=aff.device)]
-    return affinity_loss(aff, bg_pos, fg_pos, neg)
+class BoundaryLoss(MeanLoss):
+    """IRN's edge loss over a batch: images (B, 3, S, S), relation labels (B, S/4, S/4) on the stride-4 grid, 255 ignore.
+
+    Pair affinities are 1 - the largest boundary value on the path between the two cells; bg/4 + fg/4 + neg/2
+    of the means of -log a, -log a, -log(1 - a), each over its pairs in the whole batch.
+    """
+
+    terms, weights = AFFINITY_TERMS, AFFINITY_WEIGHTS
+
+    def __init__(self, radius: int, reference_pairs: bool = False):
+        self.radius, self.reference_pairs = radius, reference_pairs
+
+    def pair_masks(self, grid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(B, h, w) labels -> the (B, P) bg-positive, fg-positive and negative masks of the pair set."""
+        h, w = grid.shape[-2:]
+        return pair_labels(grid, *pair_indices(h, w, self.radius, reference=self.reference_pairs, device=grid.device))
+
+    def counts(self, batch, device) -> torch.Tensor:
+        """(3,) numbers of bg-positive, fg-positive and negative pairs in the batch."""
+        return affinity_counts(*self.pair_masks(batch[1].to(device, non_blocking=True)))
+
+    def sums(self, model, batch, device) -> tuple[torch.Tensor, dict]:
+        """(3,) sums of the three terms over the batch's pairs."""
+        x, grid = batch
+        logits = model(x.to(device, non_blocking=True))
+        grid = grid.to(device, non_blocking=True)
+        h, w = logits.shape[-2:]
+        if grid.shape[-2:] != (h, w):
+            raise ValueError(f"labels on a {tuple(grid.shape[-2:])} grid, the boundary map on {(h, w)}")
+        aff = path_max_affinity(torch.sigmoid(logits.float()), self.radius)
+        if self.reference_pairs:
+            aff = aff[:, reference_subset(h, w, self.radius, device=aff.device)]
+        return affinity_sums(aff, *self.pair_masks(grid)), {}
 
 
 @torch.no_grad()
@@ -101,7 +123,7 @@ def run(ctx) -> dict:
         transform = TrainTransform("aff", cfg, model.backbone.mean, model.backbone.std)
         data = LabelMapSet(ds, ds.names, functools.partial(_ir_label, layout), transform, seed=ctx.cfg.runtime.seed,
                            reduce=functools.partial(cell_labels, stride=STRIDE))
-        loss_fn = functools.partial(boundary_batch_loss, radius=cfg.radius, reference_pairs=cfg.reference_pairs)
+        loss_fn = BoundaryLoss(cfg.radius, cfg.reference_pairs)
         result = train_network(ctx, model, cfg, data, loss_fn, validate=validate)
         summary = {"loss": round(result["final_loss"], 4)}
     if ctx.is_main and validate is not None:

@@ -10,9 +10,12 @@ import functools
 from pathlib import Path
 
 import numpy as np
+import torch
 import torch.nn.functional as F
 
+from ..conventions import IGNORE
 from ..data.transforms import LabelMapSet, TrainTransform
+from ..global_batch import MeanLoss
 from ..errors import ConfigError
 from ..scoring import accumulate
 from ..io import load_label_png, write_json
@@ -23,13 +26,24 @@ from .common import build_pretrained, require, train_network
 VAL_IMAGES = 500
 
 
-def segmentation_loss(model, batch, device):
-    """Cross-entropy (255 ignored) of logits upsampled to the crop: images (B, 3, S, S), labels (B, S, S)."""
-    x, label = batch
-    logits = model(x.to(device, non_blocking=True))
-    logits = F.interpolate(logits, size=label.shape[-2:], mode="bilinear", align_corners=False)
-    loss = F.cross_entropy(logits, label.to(device, non_blocking=True), ignore_index=255)
-    return loss, {}
+class SegmentationLoss(MeanLoss):
+    """Cross-entropy (255 ignored) of logits upsampled to the crop, averaged over the labelled pixels of the whole
+    batch: images (B, 3, S, S), labels (B, S, S)."""
+
+    def counts(self, batch, device) -> torch.Tensor:
+        """(1,) number of labelled pixels."""
+        return (batch[1].to(device, non_blocking=True) != IGNORE).sum().reshape(1)
+
+    def sums(self, model, batch, device) -> tuple[torch.Tensor, dict]:
+        """(1,) sum of the pixels' cross-entropy."""
+        x, label = batch
+        logits = model(x.to(device, non_blocking=True))
+        logits = F.interpolate(logits, size=label.shape[-2:], mode="bilinear", align_corners=False)
+        loss = F.cross_entropy(logits, label.to(device, non_blocking=True), ignore_index=IGNORE, reduction="sum")
+        return loss.reshape(1), {}
+
+
+segmentation_loss = SegmentationLoss()
 
 
 def _label_from_dir(folder: Path, name: str) -> np.ndarray:
