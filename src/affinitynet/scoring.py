@@ -32,13 +32,24 @@ def accumulate(dataset, names, predict, *, progress=lambda it, **kw: it, desc: s
     return conf
 
 
-def score_labels(path_of: Callable[[str], Path], dataset, names=None, **kw) -> dict:
-    """mIoU etc. of the label PNGs ``path_of(name)`` for every image of ``dataset`` (a missing one -> DataError)."""
+def accumulate_shared(dataset, names, predict, *, rank: int = 0, world: int = 1, **kw) -> np.ndarray:
+    """``accumulate`` over process ``rank``'s share of ``names`` (``dist.shard``), summed over the ``world``
+    processes of the job, which all call it: each process scores its own share, every one gets the sum."""
+    from .dist import all_gather_object, shard
+
+    conf = accumulate(dataset, shard(list(names), rank, world), predict, **kw)
+    return sum(all_gather_object(conf)) if world > 1 else conf
+
+
+def score_labels(path_of: Callable[[str], Path], dataset, names=None, *, rank: int = 0, world: int = 1,
+                 **kw) -> dict:
+    """mIoU etc. of the label PNGs ``path_of(name)`` for every image of ``dataset`` (a missing one -> DataError);
+    with ``world`` > 1 every process of the job calls it and scores its share (``accumulate_shared``)."""
     names = list(dataset.names if names is None else names)
     missing = [n for n in names if not path_of(n).exists()]
     if missing:
         raise DataError(path_of(missing[0]), f"prediction missing ({len(missing)} of {len(names)} images have none)")
-    conf = accumulate(dataset, names, lambda n: load_label_png(path_of(n)), **kw)
+    conf = accumulate_shared(dataset, names, lambda n: load_label_png(path_of(n)), rank=rank, world=world, **kw)
     return dict(scores(conf, dataset.label_names), images=len(names))
 
 

@@ -6,6 +6,8 @@ With ``eval.crf_rows`` it adds the rows papers report after a dense CRF (the pap
 ``ops.crf``), each under its own key: ``cam_crf`` (the CAM stack [bg threshold, CAMs]), ``random_walk_crf``
 (the walk's saved scores) on the scoring split, and ``segmentation_crf`` (labels ``segment`` wrote).
 A row whose stage already applies the CRF (``random_walk.crf``, ``segmentation.crf``) is not repeated.
+Under torchrun every process scores its share of the images (``dist.shard``) and the confusion matrices
+are summed; rank 0 writes the files.
 """
 from __future__ import annotations
 
@@ -16,7 +18,7 @@ from ..io import load_cam, read_json, write_json
 from ..layout import FOLDERS, RunLayout
 from ..ops.cam import class_lut
 from ..ops.metrics import format_table, scores
-from ..scoring import accumulate, score_labels
+from ..scoring import accumulate_shared, score_labels
 from .common import scoring_set, scoring_split
 
 
@@ -43,18 +45,35 @@ def cam_crf_label(image: np.ndarray, keys: np.ndarray, maps: np.ndarray, bg_thre
 
 def _score_with(ctx, predict, desc: str) -> dict:
     ds = scoring_set(ctx)
-    conf = accumulate(ds, ds.names, predict, progress=ctx.progress, desc=desc)
+    conf = accumulate_shared(ds, ds.names, predict, rank=ctx.rank, world=ctx.world_size, progress=ctx.progress,
+                             desc=desc)
     return dict(scores(conf, ds.label_names), images=len(ds), split=scoring_split(ctx), crf=True)
 
 
-def crf_rows(ctx, metrics: dict) -> dict:
-    """The ``*_crf`` rows of the stages whose outputs exist (``eval.crf_rows``)."""
+def crf_plan(ctx, metrics: dict) -> list[str]:
+    """The ``*_crf`` rows this run can add: those whose stage has scores and outputs and applies no CRF itself."""
+    layout, cfg, rows = ctx.layout, ctx.cfg, []
+    names = scoring_set(ctx).names if ("cam" in metrics or "random_walk" in metrics) else []
+    if "cam" in metrics and all(layout.cam(n).is_file() for n in names):
+        rows.append("cam_crf")
+    if "random_walk" in metrics and not cfg.random_walk.crf and all(layout.walk_scores(n).is_file() for n in names):
+        rows.append("random_walk_crf")
+    seg = metrics.get("segmentation")
+    if seg and not cfg.segmentation.crf:
+        ds = ctx.dataset(seg.get("split", cfg.data.val_split))
+        if ds.names and layout.prediction_crf(ds.names[0]).is_file():
+            rows.append("segmentation_crf")
+    return rows
+
+
+def crf_rows(ctx, metrics: dict, plan: list[str] | None = None) -> dict:
+    """The ``*_crf`` rows of ``plan`` (default ``crf_plan``); every process of the job calls it for its share."""
     from .random_walk import load_walk_scores, walk_label
 
     layout, cfg, rows = ctx.layout, ctx.cfg, {}
-    names = scoring_set(ctx).names if ("cam" in metrics or "random_walk" in metrics) else []
-    image = scoring_set(ctx).load_image if names else None
-    if "cam" in metrics and all(layout.cam(n).is_file() for n in names):
+    plan = crf_plan(ctx, metrics) if plan is None else plan
+    image = scoring_set(ctx).load_image if {"cam_crf", "random_walk_crf"} & set(plan) else None
+    if "cam_crf" in plan:
         thr = cfg.eval.cam_bg_threshold
 
         def cam_crf(name):
@@ -62,19 +81,18 @@ def crf_rows(ctx, metrics: dict) -> dict:
             return cam_crf_label(image(name), keys, maps, thr)
 
         rows["cam_crf"] = dict(_score_with(ctx, cam_crf, "CAM + CRF mIoU"), threshold=thr)
-    if "random_walk" in metrics and not cfg.random_walk.crf and all(layout.walk_scores(n).is_file() for n in names):
+    if "random_walk_crf" in plan:
         def walk_crf(name):
             keys, s = load_walk_scores(layout.walk_scores(name))
             return walk_label(s, keys, image(name), crf=True)
 
         rows["random_walk_crf"] = _score_with(ctx, walk_crf, "random walk + CRF mIoU")
-    seg = metrics.get("segmentation")
-    if seg and not cfg.segmentation.crf:
-        split = seg.get("split", cfg.data.val_split)
+    if "segmentation_crf" in plan:
+        split = metrics["segmentation"].get("split", cfg.data.val_split)
         ds = ctx.dataset(split)
-        if ds.names and layout.prediction_crf(ds.names[0]).is_file():
-            rows["segmentation_crf"] = dict(score_labels(layout.prediction_crf, ds, progress=ctx.progress,
-                                                         desc="segmentation + CRF mIoU"), split=split, crf=True)
+        rows["segmentation_crf"] = dict(score_labels(layout.prediction_crf, ds, rank=ctx.rank, world=ctx.world_size,
+                                                     progress=ctx.progress, desc="segmentation + CRF mIoU"),
+                                        split=split, crf=True)
     return rows
 
 
@@ -102,6 +120,8 @@ def run(ctx) -> dict:
     The CAM rows are scored again from the CAM files when ``eval`` asks for another threshold, sweep or
     split than ``make_cam`` scored with (changing ``eval`` never recomputes the CAMs).
     """
+    from ..dist import broadcast_object
+
     metrics = collect(ctx.run_dir)
     summary = {}
     if ctx.is_main:
@@ -111,9 +131,13 @@ def run(ctx) -> dict:
 
             metrics[cam_key] = evaluate_cams(ctx)
             write_json(ctx.layout.stage_metrics("make_cam"), metrics[cam_key])
-        if ctx.cfg.eval.crf_rows:
-            with torch.inference_mode():
-                metrics = _ordered(metrics, crf_rows(ctx, metrics))
+    # rank 0 decides which rows exist; every process then scores its share of each
+    metrics, plan = broadcast_object((metrics, crf_plan(ctx, metrics) if ctx.cfg.eval.crf_rows and ctx.is_main
+                                      else []))
+    if plan:
+        with torch.inference_mode():
+            metrics = _ordered(metrics, crf_rows(ctx, metrics, plan))
+    if ctx.is_main:
         write_json(ctx.layout.metrics, metrics)
         for key, m in metrics.items():
             if isinstance(m, dict) and "miou" in m and "iou" in m:

@@ -1,0 +1,73 @@
+"""What clusters and real cards do to a run: several processes scoring the CRF rows, launchers that give each
+process one GPU, file systems without locks, a card too small for a training batch.
+
+Through the command line where a fault can be injected in this process, else through the function that failed.
+"""
+from __future__ import annotations
+
+import errno
+import json
+import logging
+import os
+import socket
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+
+from affinitynet import dist
+from affinitynet.config import load
+from affinitynet.errors import ConfigError
+from faultkit import N_TRAIN, copy_run, error_line, in_process, run_cmd, temp_files
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# ----------------------------------------------------------------------------- eval.crf_rows under torchrun
+
+
+def _evaluate(rank: int, world: int, port: int, run: str, out: str) -> None:
+    """One process of the job: the evaluate stage with eval.crf_rows; the images this process ran a CRF on."""
+    from affinitynet.context import StageContext
+    from affinitynet.stages import evaluate
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
+                      LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+    info = dist.init_distributed("cpu")
+    cfg = load(os.path.join(run, "config.yaml"), ["eval.crf_rows=true"])
+    ctx = StageContext(cfg=cfg, run_dir=__import__("pathlib").Path(run), device=torch.device("cpu"),
+                       log=logging.getLogger(f"rank{rank}"), rank=info.rank, world_size=info.world_size,
+                       stage="evaluate")
+    seen, real = [], evaluate.cam_crf_label
+
+    def counted(image, keys, maps, threshold):
+        seen.append(image.tobytes()[:64].hex())
+        return real(image, keys, maps, threshold)
+
+    evaluate.cam_crf_label = counted
+    evaluate.run(ctx)
+    with open(os.path.join(out, f"rank{rank}.json"), "w") as f:
+        json.dump(seen, f)
+    dist.barrier()
+    dist.cleanup()
+
+
+def test_crf_rows_under_torchrun_are_shared_by_the_processes_and_summed(reference_run, tmp_path, capsys):
+    one, two = copy_run(reference_run, tmp_path / "one"), copy_run(reference_run, tmp_path / "two")
+    rc, _, err = in_process(["run", one / "config.yaml", "--out", one, "--set", "eval.crf_rows=true",
+                             "--from", "evaluate"], capsys)
+    assert rc == 0, err
+    for var in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
+        os.environ.pop(var, None)
+    mp.spawn(_evaluate, args=(2, _free_port(), str(two), str(tmp_path)), nprocs=2, join=True)
+    shares = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
+    assert len(shares[0]) == len(shares[1]) == N_TRAIN // 2  # each process ran the CRF on its half, no more
+    m1, m2 = (json.loads((run / "metrics.json").read_text()) for run in (one, two))
+    for key in ("cam_crf", "random_walk_crf"):
+        assert m2[key] == m1[key], key  # the summed confusion matrices: the 1-process scores exactly
+    assert list(m2) == list(m1)
