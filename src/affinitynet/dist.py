@@ -49,27 +49,48 @@ def _env_int(name: str, default: int) -> int:
         raise ConfigError(f"environment variable {name}={value!r} is not an integer") from None
 
 
+def _local_gpu(spec: str, local_rank: int) -> int:
+    """The CUDA device of the process with ``local_rank`` on its machine: ``cuda:LOCAL_RANK`` when it sees every GPU
+    of the machine, ``cuda:0`` when the launcher gave it one of its own (SLURM ``--gpus-per-task``, Kubernetes)."""
+    count = torch.cuda.device_count()
+    if local_rank < count:
+        return local_rank
+    if count == 1:
+        return 0
+    raise ConfigError(f"runtime.device={spec}: LOCAL_RANK={local_rank}, but this process sees {count} CUDA devices: "
+                      f"start at most {count} processes on this machine, or give each process its own GPU "
+                      f"(CUDA_VISIBLE_DEVICES)")
+
+
 def resolve_device(spec: str, local_rank: int = 0) -> torch.device:
-    """'auto' | 'cpu' | 'cuda' | 'cuda:N' -> torch.device; 'auto' picks cuda:local_rank when CUDA is available."""
+    """'auto' | 'cpu' | 'cuda' | 'cuda:N' -> torch.device; 'auto' and 'cuda' pick this process's GPU (``_local_gpu``)."""
     spec = (spec or "auto").strip().lower()
     if spec == "auto":
-        return torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
+        return torch.device(f"cuda:{_local_gpu(spec, local_rank)}") if torch.cuda.is_available() else torch.device("cpu")
     if spec == "cpu":
         return torch.device("cpu")
     if spec == "cuda" or spec.startswith("cuda:"):
         if not torch.cuda.is_available():
             raise ConfigError(f"runtime.device={spec}: CUDA is not available on this machine (use cpu or auto)")
         if spec == "cuda":
-            index = local_rank
-        else:
-            try:
-                index = int(spec.split(":", 1)[1])
-            except ValueError:
-                raise ConfigError(f"runtime.device={spec}: expected cuda:N with an integer N") from None
+            return torch.device(f"cuda:{_local_gpu(spec, local_rank)}")
+        try:
+            index = int(spec.split(":", 1)[1])
+        except ValueError:
+            raise ConfigError(f"runtime.device={spec}: expected cuda:N with an integer N") from None
         if not 0 <= index < torch.cuda.device_count():
             raise ConfigError(f"runtime.device={spec}: only {torch.cuda.device_count()} CUDA device(s) visible")
         return torch.device(f"cuda:{index}")
     raise ConfigError(f"runtime.device={spec}: expected auto, cpu, cuda or cuda:N")
+
+
+def select_device(spec: str, local_rank: int = 0) -> torch.device:
+    """``resolve_device``, made this process's current CUDA device when it is one (so that pinned-memory threads,
+    NCCL and the caching allocator open their context there, not on GPU 0)."""
+    device = resolve_device(spec, local_rank)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    return device
 
 
 def init_distributed(device_str: str = "auto") -> DistInfo:
@@ -84,10 +105,8 @@ def init_distributed(device_str: str = "auto") -> DistInfo:
         return DistInfo(0, 1, local_rank, 1)
     if not 0 <= rank < world_size:
         raise ConfigError(f"RANK={rank} is outside WORLD_SIZE={world_size}")
-    device = resolve_device(device_str, local_rank)
+    device = select_device(device_str, local_rank)
     backend = "nccl" if device.type == "cuda" else "gloo"
-    if device.type == "cuda":
-        torch.cuda.set_device(device)
     # rank 0 alone scores and reports between stages while the others wait in a collective: allow it an hour
     dist.init_process_group(backend=backend, init_method="env://", rank=rank, world_size=world_size,
                             timeout=datetime.timedelta(minutes=COLLECTIVE_TIMEOUT_MIN))

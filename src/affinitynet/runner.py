@@ -91,13 +91,13 @@ def select_stages(start: str | None, stop: str | None) -> list[StageSpec]:
 def run_pipeline(cfg: Config, run_dir: Path, *, start: str | None = None, stop: str | None = None,
                  force: Iterable[str] = (), verbose: bool = True) -> list[StageResult]:
     """Run the selected stages in order, skipping finished ones whose inputs did not change."""
-    from .dist import init_distributed, is_initialized, resolve_device, threads_per_process
+    from .dist import init_distributed, is_initialized, select_device, threads_per_process
 
     require_valid(cfg)
     run_dir = Path(run_dir)
     owns_group = not is_initialized()  # a process group joined here is left here once every stage ran
     info = init_distributed(cfg.runtime.device)
-    device = resolve_device(cfg.runtime.device, info.local_rank)
+    device = select_device(cfg.runtime.device, info.local_rank)
     threads = threads_per_process(cfg.runtime.threads, info.local_world_size)
     if threads > 0:
         torch.set_num_threads(threads)

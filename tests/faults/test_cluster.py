@@ -71,3 +71,32 @@ def test_crf_rows_under_torchrun_are_shared_by_the_processes_and_summed(referenc
     for key in ("cam_crf", "random_walk_crf"):
         assert m2[key] == m1[key], key  # the summed confusion matrices: the 1-process scores exactly
     assert list(m2) == list(m1)
+
+
+# ----------------------------------------------------------------------------- one GPU per process
+
+
+def test_launchers_that_give_each_process_one_gpu_get_that_gpu(monkeypatch):
+    """SLURM --gpus-per-task=1, Kubernetes: LOCAL_RANK 3 of 4, but the process sees one device, its own."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    assert dist.resolve_device("auto", 3) == torch.device("cuda:0")
+    assert dist.resolve_device("cuda", 3) == torch.device("cuda:0")
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)  # torchrun on a 4-GPU machine: cuda:LOCAL_RANK
+    assert dist.resolve_device("auto", 3) == torch.device("cuda:3")
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)  # 4 processes, 2 visible GPUs: not guessed
+    with pytest.raises(ConfigError, match=r"^runtime.device=auto: LOCAL_RANK=3, but this process sees 2 CUDA "
+                                          r"devices: start at most 2 processes on this machine"):
+        dist.resolve_device("auto", 3)
+    with pytest.raises(ConfigError, match="only 2 CUDA device"):
+        dist.resolve_device("cuda:2")
+
+
+def test_a_chosen_gpu_becomes_the_process_current_device(monkeypatch):
+    """A single-process cuda:1 must not leave pinned-memory threads and caches on GPU 0."""
+    current = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "set_device", current.append)
+    assert dist.select_device("cuda:1") == torch.device("cuda:1") and current == [torch.device("cuda:1")]
+    assert dist.select_device("cpu") == torch.device("cpu") and len(current) == 1
