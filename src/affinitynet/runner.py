@@ -103,14 +103,14 @@ def run_pipeline(cfg: Config, run_dir: Path, *, start: str | None = None, stop: 
         torch.set_num_threads(threads)
     if info.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
-    with run_lock(run_dir, info.is_main):
+    with run_lock(run_dir, info.is_main) as unlocked:
         return _run_stages(cfg, run_dir, info, device, owns_group, start=start, stop=stop, force=force,
-                           verbose=verbose)
+                           verbose=verbose, note=unlocked)
 
 
 def _run_stages(cfg: Config, run_dir: Path, info, device: torch.device, owns_group: bool, *, start, stop, force,
-                verbose: bool) -> list[StageResult]:
-    """``run_pipeline`` once the run directory is locked: the stages, in order."""
+                verbose: bool, note: str = "") -> list[StageResult]:
+    """``run_pipeline`` once the run directory is locked (``note``: why it could not be): the stages, in order."""
     from .dist import available_cores, barrier, broadcast_object, cleanup, seed_everything
 
     barrier()
@@ -127,6 +127,8 @@ def _run_stages(cfg: Config, run_dir: Path, info, device: torch.device, owns_gro
             ensure_synthetic(cfg.data)
     barrier()
     log.info(f"run {run_dir}  device={device}  processes={info.world_size}  threads={torch.get_num_threads()}")
+    if note:
+        log.info(f"note: {note}")
     if device.type == "cpu" and torch.get_num_threads() * info.local_world_size > available_cores():
         log.info(f"note: {info.local_world_size} process(es) x {torch.get_num_threads()} threads on "
                  f"{available_cores()} cores oversubscribes them; runtime.threads=0 shares the cores out")

@@ -100,3 +100,24 @@ def test_a_chosen_gpu_becomes_the_process_current_device(monkeypatch):
     monkeypatch.setattr(torch.cuda, "set_device", current.append)
     assert dist.select_device("cuda:1") == torch.device("cuda:1") and current == [torch.device("cuda:1")]
     assert dist.select_device("cpu") == torch.device("cpu") and len(current) == 1
+
+
+# ----------------------------------------------------------------------------- a file system without flock
+
+
+def test_a_file_system_without_flock_runs_unlocked_and_says_so(reference_run, synth_root, tmp_path, capsys,
+                                                               monkeypatch):
+    """Lustre mounted without flock answers ENOSYS: the run goes on, unlocked, and the log says so."""
+    import fcntl
+
+    def no_flock(fd, op):
+        raise OSError(errno.ENOSYS, "Function not implemented")
+
+    run = copy_run(reference_run, tmp_path / "run")
+    monkeypatch.setattr(fcntl, "flock", no_flock)
+    rc, _, err = in_process(run_cmd(run, synth_root), capsys)
+    assert rc == 0, err
+    note = (f"note: {run}: this file system does not lock files (flock: Function not implemented); the run goes "
+            f"on unlocked, so start no second run in this directory until it ends")
+    assert note in err and note in (run / "log.txt").read_text()
+    assert "nothing to do" in err
