@@ -121,3 +121,33 @@ def test_a_file_system_without_flock_runs_unlocked_and_says_so(reference_run, sy
             f"on unlocked, so start no second run in this directory until it ends")
     assert note in err and note in (run / "log.txt").read_text()
     assert "nothing to do" in err
+
+
+# ----------------------------------------------------------------------------- a card too small for a batch
+
+
+def test_out_of_memory_while_training_names_the_key_and_resumes(reference_run, synth_root, tmp_path, capsys,
+                                                                monkeypatch):
+    from affinitynet.stages import train_cam
+
+    run = copy_run(reference_run, tmp_path / "run")
+    real, calls = train_cam.classification_loss, []
+
+    def too_big(model, batch, device):
+        calls.append(1)
+        if len(calls) == N_TRAIN // 4 + 2:  # epoch 2, step 2: epoch 1's checkpoint is written
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB (GPU 0; 11.76 GiB total)")
+        return real(model, batch, device)
+
+    monkeypatch.setattr(train_cam, "classification_loss", too_big)
+    rc, _, err = in_process(run_cmd(run, synth_root, args=["--force", "train_cam", "--to", "train_cam"]), capsys)
+    assert error_line(rc, err) == (
+        "affinitynet: error: out of memory in train_cam on cpu; raise cam.accumulation (now 1; each process holds 4 "
+        "of the 4 images of a step at a time) for the same training in smaller parts, and re-run the same command "
+        "to resume from the last finished epoch")
+    assert not temp_files(run)
+
+    monkeypatch.setattr(train_cam, "classification_loss", real)  # doing what it says: half the images at a time
+    rc, _, err = in_process(run_cmd(run, synth_root, "cam.accumulation=2", args=["--to", "train_cam"]), capsys)
+    assert rc == 0, err
+    assert "resuming from" in err and "epoch 1 of 2 done" in err
