@@ -8,6 +8,25 @@ from .errors import AffinityNetError, ConfigError, DataError
 
 MIN_CROP = 16
 MIN_SYNTH_SIZE = 48
+# The oldest PyTorch that runs every stage, also pyproject.toml's lower bound: torch.amp.GradScaler(device)
+# (accel.py, built by every training stage) is 2.3's; the rest (LRScheduler, torch.load(weights_only=...),
+# sparse CSR products, antialiased interpolation, torch.cuda.OutOfMemoryError) is older.
+MIN_TORCH = (2, 3)
+
+
+def torch_problem(version: str | None = None) -> str:
+    """Why the installed torch (or ``version``) is too old for this package ("" when it is not)."""
+    import re
+
+    import torch
+
+    version = torch.__version__ if version is None else version
+    found = re.match(r"(\d+)\.(\d+)", version)
+    if found and tuple(int(g) for g in found.groups()) < MIN_TORCH:
+        need = ".".join(map(str, MIN_TORCH))
+        return f"torch {version} is older than the {need} this package needs (torch.amp.GradScaler); " \
+               f"pip install 'torch>={need}'"
+    return ""
 
 
 class Problems(list):
@@ -179,6 +198,9 @@ def config_problems(cfg: Config, report: Problems | None = None, *, files: bool 
     from .models import HEADS
 
     report = report if report is not None else Problems()
+    old_torch = torch_problem()
+    if old_torch:
+        report.add("torch", old_torch)
     d = cfg.data
     if d.kind not in DATASETS:
         report.add("data.kind", f"unknown dataset kind '{d.kind}' (valid: {', '.join(DATASETS)})")

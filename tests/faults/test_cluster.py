@@ -151,3 +151,29 @@ def test_out_of_memory_while_training_names_the_key_and_resumes(reference_run, s
     rc, _, err = in_process(run_cmd(run, synth_root, "cam.accumulation=2", args=["--to", "train_cam"]), capsys)
     assert rc == 0, err
     assert "resuming from" in err and "epoch 1 of 2 done" in err
+
+
+# ----------------------------------------------------------------------------- an older PyTorch
+
+
+def test_an_older_torch_is_named_before_anything_runs(synth_root, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(torch, "__version__", "2.2.2+cu121")
+    run = tmp_path / "run"
+    rc, _, err = in_process(run_cmd(run, synth_root), capsys)
+    assert error_line(rc, err) == ("affinitynet: error: torch: torch 2.2.2+cu121 is older than the 2.3 this package "
+                                   "needs (torch.amp.GradScaler); pip install 'torch>=2.3'")
+    assert not run.exists()
+    rc, out, _ = in_process(["check", "synthetic_cpu", "--set", f"data.root={synth_root}"], capsys)
+    assert rc == 1 and "  torch: torch 2.2.2+cu121 is older than the 2.3" in out
+
+
+def test_the_declared_torch_bound_is_the_one_the_code_needs():
+    import re
+    from pathlib import Path
+
+    from affinitynet.validate import MIN_TORCH
+
+    pyproject = (Path(__file__).resolve().parents[2] / "pyproject.toml").read_text()
+    bound = re.search(r'"torch>=(\d+)\.(\d+),', pyproject)
+    assert bound and tuple(int(g) for g in bound.groups()) == MIN_TORCH
+    assert hasattr(torch.amp, "GradScaler")  # the 2.3 API that sets the bound
