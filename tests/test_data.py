@@ -118,7 +118,10 @@ def test_voc_auto_labels_fall_back_to_masks_and_missing_mask_is_none(tmp_path):
         ds.load_labels("2007_000039")
     with pytest.raises(DataError, match="2007_000039.xml"):
         VOCDataset(voc, "train", labels_from="xml").load_labels("2007_000039")
-    assert not VOCDataset(voc, "train", mask_dir="nothing").has_masks
+    with pytest.raises(DataError, match=r"VOC2012/nothing: mask folder not found \(data.voc.mask_dir\)"):
+        VOCDataset(voc, "train", mask_dir="nothing")  # configured but absent: no scores skipped in silence
+    no_masks = VOCDataset(voc, "train", mask_dir="")
+    assert not no_masks.has_masks and no_masks.load_mask("2007_000032") is None
 
 
 def test_voc_layout_with_own_class_list(tmp_path):

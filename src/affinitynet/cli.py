@@ -45,6 +45,16 @@ def cmd_data_synth(args) -> int:
     return 0
 
 
+def cmd_data_voc_aug(args) -> int:
+    from .data.voc_aug import prepare_voc_aug
+    from .logs import progress
+
+    done = prepare_voc_aug(Path(args.root), Path(args.sbd), progress=lambda items, desc: progress(items, desc=desc))
+    print(f"wrote {done['masks']} masks to {done['folder']} ({done['from_voc']} from VOC's SegmentationClass, "
+          f"{done['from_sbd']} from SBD) and the {done['train_aug']} names of {done['list']}")
+    return 0
+
+
 def cmd_eval(args) -> int:
     from .commands.evaluate import evaluate_command
 
@@ -118,7 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_set(d)
     d.set_defaults(func=cmd_demo)
 
-    data = sub.add_parser("data", help="dataset tools (synthetic set generator)")
+    data = sub.add_parser("data", help="dataset tools (synthetic set generator, VOC + SBD preparation)")
     dsub = data.add_subparsers(dest="data_command", metavar="DATA_COMMAND")
     s = dsub.add_parser("synth", help="write the built-in synthetic dataset in VOC layout")
     s.add_argument("out", help="output directory")
@@ -128,6 +138,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--classes", type=int, default=5, help="number of object classes (default 5)")
     s.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     s.set_defaults(func=cmd_data_synth)
+    va = dsub.add_parser("voc-aug", help="VOC 2012 + SBD as downloaded -> SegmentationClassAug/ and train_aug.txt",
+                         description="Writes ROOT/SegmentationClassAug/NAME.png (8-bit class ids: VOC's own "
+                         "SegmentationClass mask for VOC's train and val images, SBD's cls/NAME.mat elsewhere) and "
+                         "ROOT/ImageSets/Segmentation/train_aug.txt (SBD train + val + VOC train, minus VOC val: "
+                         "10,582 names), what the VOC presets read. Needs scipy for SBD's .mat files.")
+    va.add_argument("root", help="VOC 2012 folder (VOCdevkit/VOC2012, or a folder holding it)")
+    va.add_argument("--sbd", required=True, help="SBD's folder: benchmark_RELEASE, or its dataset/ folder")
+    va.set_defaults(func=cmd_data_voc_aug)
     data.set_defaults(func=lambda a: (data.print_help(), 2)[1])
 
     e = sub.add_parser("eval", help="score a folder of label PNGs against ground truth (mIoU)")

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 class VocOptions:
     """``data.kind: voc`` (VOC 2012 layout, SBD's SegmentationClassAug)."""
 
-    mask_dir: str = "SegmentationClass"  # SegmentationClass, or SegmentationClassAug (SBD)
+    mask_dir: str = "SegmentationClass"  # SegmentationClass, SegmentationClassAug ('affinitynet data voc-aug'), "": none
     labels_from: str = "auto"  # image-level tags: auto (XML, else masks) | xml | masks
 
 

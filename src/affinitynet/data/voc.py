@@ -66,7 +66,8 @@ class VOCDataset(SegDataset):
     ``split`` is a list name in ``ImageSets/Segmentation`` or a path to a list file (psa/irn style).
     Tags come from ``Annotations/{name}.xml`` (``labels_from='xml'``), from the masks (``'masks'``),
     or from the XML where it exists and the mask otherwise (``'auto'``). ``classes.txt`` in the root
-    replaces the 20 VOC classes.
+    replaces the 20 VOC classes. ``mask_dir`` must exist (a DataError naming it otherwise, so that no score
+    is skipped in silence); ``""`` means no masks.
     """
 
     def __init__(self, root, split: str = "train", *, mask_dir: str = "SegmentationClass",
@@ -79,7 +80,12 @@ class VOCDataset(SegDataset):
         self.split = split
         self.split_file = self.split_file_of(root, split)
         super().__init__(root, classes, read_split_list(self.split_file))
-        self.mask_root = root / mask_dir
+        self.mask_root = root / mask_dir if mask_dir else None
+        if self.mask_root is not None and not self.mask_root.is_dir():
+            make = (" ('affinitynet data voc-aug ROOT --sbd SBD' makes it from SBD)" if mask_dir == "SegmentationClassAug"
+                    else "")
+            raise DataError(self.mask_root, f"mask folder not found (data.voc.mask_dir){make}; set "
+                                            f"data.voc.mask_dir='' to run without masks and scores")
         self.labels_from = labels_from
         self._class_index = {c: i for i, c in enumerate(self.classes)}
         for name in self.names:
@@ -106,8 +112,8 @@ class VOCDataset(SegDataset):
         return self.root / "JPEGImages" / f"{name}.jpg"
 
     def mask_path(self, name: str) -> Path | None:
-        """``{mask_dir}/{name}.png``."""
-        return self.mask_root / f"{name}.png"
+        """``{mask_dir}/{name}.png`` (None without a mask folder)."""
+        return None if self.mask_root is None else self.mask_root / f"{name}.png"
 
     def xml_path(self, name: str) -> Path:
         """``Annotations/{name}.xml``."""
@@ -115,8 +121,8 @@ class VOCDataset(SegDataset):
 
     @property
     def has_masks(self) -> bool:
-        """True when the mask folder exists."""
-        return self.mask_root.is_dir()
+        """True unless ``mask_dir`` is "" (a configured folder exists, or the dataset was not made)."""
+        return self.mask_root is not None
 
     def _read_labels(self, name: str) -> np.ndarray:
         xml = self.xml_path(name)
@@ -126,9 +132,9 @@ class VOCDataset(SegDataset):
             source = xml
         else:
             source = self.mask_path(name)
-            if not source.is_file():
-                raise DataError(source, f"no mask to take image-level tags from for '{name}' "
-                                        f"(and no {xml.name} in Annotations/)")
+            if source is None or not source.is_file():
+                raise DataError(source or xml, f"no mask to take image-level tags from for '{name}' "
+                                               f"(and no {xml.name} in Annotations/)")
             labels = self.labels_from_mask(self.load_mask(name))
         if not labels.any():
             raise empty_tags_error(source, name)
