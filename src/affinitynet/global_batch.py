@@ -33,9 +33,10 @@ def batch_split_problem(batch_size: int, processes: int = 1, accumulation: int =
 def split_batch(batch_size: int, processes: int = 1, accumulation: int = 1, key: str = "batch_size") -> int:
     """Images each process runs at a time: ``batch_size`` / (``processes`` x ``accumulation``), which must divide
     (a ConfigError naming ``key`` otherwise)."""
+    section = key.rsplit(".", 1)[0] if "." in key else ""
     if accumulation < 1:
-        raise ConfigError(f"{key.rsplit('.', 1)[0]}.accumulation: must be at least 1, got {accumulation}")
-    problem = batch_split_problem(batch_size, processes, accumulation, key.rsplit(".", 1)[0] if "." in key else "")
+        raise ConfigError(f"{section + '.' if section else ''}accumulation: must be at least 1, got {accumulation}")
+    problem = batch_split_problem(batch_size, processes, accumulation, section)
     if problem:
         raise ConfigError(f"{key}: {problem}")
     return batch_size // (processes * accumulation)
