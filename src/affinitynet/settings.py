@@ -67,7 +67,7 @@ class CamConfig:
     output_stride: int = 8
     epochs: int = 15
     batch_size: int = 16  # images per step, over all processes
-    accumulation: int = 1  # steps each process splits its share of a batch into (less memory, the same training)
+    accumulation: int = 1  # parts each process splits its share of a batch into (less memory; docs/distributed.md)
     lr: float = 0.01
     weight_decay: float = 5e-4
     momentum: float = 0.9
@@ -121,7 +121,7 @@ class AffinityNetConfig:
     reference_pairs: bool = False  # train on the release's border-trimmed pair set
     epochs: int = 8
     batch_size: int = 8  # images per step, over all processes
-    accumulation: int = 1  # steps each process splits its share of a batch into (less memory, the same training)
+    accumulation: int = 1  # parts each process splits its share of a batch into (less memory; docs/distributed.md)
     lr: float = 0.1
     weight_decay: float = 5e-4
     momentum: float = 0.9
@@ -164,7 +164,7 @@ class BoundaryConfig:
     reference_pairs: bool = False  # train on the border-trimmed pair set of IRN's path index
     epochs: int = 3
     batch_size: int = 32  # images per step, over all processes
-    accumulation: int = 1  # steps each process splits its share of a batch into (less memory, the same training)
+    accumulation: int = 1  # parts each process splits its share of a batch into (less memory; docs/distributed.md)
     lr: float = 0.1
     weight_decay: float = 1e-4
     momentum: float = 0.9
@@ -213,7 +213,7 @@ class SegmentationConfig:
     labels: str = "pseudo"  # pseudo (this run's random-walk labels) | gt (fully supervised upper bound) | a folder
     epochs: int = 20
     batch_size: int = 10  # images per step, over all processes
-    accumulation: int = 1  # steps each process splits its share of a batch into (less memory, the same training)
+    accumulation: int = 1  # parts each process splits its share of a batch into (less memory; docs/distributed.md)
     lr: float = 0.001
     weight_decay: float = 5e-4
     momentum: float = 0.9

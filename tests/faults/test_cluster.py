@@ -143,7 +143,7 @@ def test_out_of_memory_while_training_names_the_key_and_resumes(reference_run, s
     rc, _, err = in_process(run_cmd(run, synth_root, args=["--force", "train_cam", "--to", "train_cam"]), capsys)
     assert error_line(rc, err) == (
         "affinitynet: error: out of memory in train_cam on cpu; raise cam.accumulation (now 1; each process holds 4 "
-        "of the 4 images of a step at a time) for the same training in smaller parts, and re-run the same command "
+        "of the 4 images of a step at a time) to run them in smaller parts, and re-run the same command "
         "to resume from the last finished epoch")
     assert not temp_files(run)
 

@@ -142,7 +142,7 @@ def train_network(ctx, model: torch.nn.Module, section, dataset, loss_fn, *, val
             raise
         images = split_batch(section.batch_size, ctx.world_size, section.accumulation)
         what = (f"raise {name}.accumulation (now {section.accumulation}; each process holds {images} of the "
-                f"{section.batch_size} images of a step at a time) for the same training in smaller parts"
+                f"{section.batch_size} images of a step at a time) to run them in smaller parts"
                 if images > 1 else f"each process holds 1 image at a time already: lower {name}.crop_size "
                                    f"(now {section.crop_size})")
         raise StageError(f"out of memory in {ctx.stage} on {ctx.device}; {what}, and re-run the same command to "
