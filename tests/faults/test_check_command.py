@@ -64,7 +64,8 @@ def test_every_problem_is_reported_at_once(data_copy, tmp_path, capsys):
                   f"cam.pretrained={tmp_path / 'imagenet.pth'}", "cam.batch_size=40"]
     expected["cam.crop_size"] = "must be at least 16 pixels, got 8"
     expected["affinitynet.epochs"] = "must be at least 1, got 0"
-    expected["segmentation.backbone"] = "unknown backbone 'resnet9' (valid: resnet38, resnet50, resnet101, tiny)"
+    expected["segmentation.backbone"] = ("unknown backbone 'resnet9' (valid: resnet38, resnet50, resnet101, tiny, "
+                                         "efficientnet_lite0, efficientnet_lite1, efficientnet_lite2)")
     expected[str(tmp_path / "imagenet.pth")] = "weights file not found (cam.pretrained)"
     expected["cam.batch_size"] = "40 is more than the 31 training images"
     if not torch.cuda.is_available():
