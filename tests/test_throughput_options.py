@@ -309,33 +309,38 @@ def test_batched_image_cams_equal_one_image_at_a_time():
             assert torch.allclose(maps, maps1, atol=1e-5)
 
 
-def test_same_size_batches_group_upcoming_images_of_one_size(tmp_path):
-    sizes = {"a": (4, 6), "b": (4, 6), "c": (5, 6), "d": (4, 6), "e": (5, 6), "f": (4, 6), "g": (4, 6)}
-    done = {"d"}  # already written (resumed stage)
+def test_same_size_batches_group_upcoming_images_of_one_size():
+    sizes = {"a": (4, 6), "b": (4, 6), "c": (5, 6), "d": (4, 6), "e": (5, 6), "f": (4, 6), "g": (4, 6), "h": (5, 6)}
+    done = {"d"}  # already written (resumed stage): it never arrives
     groups = []
-
-    def output_of(name):
-        return tmp_path / f"{name}.out"
-
-    for name in done:
-        output_of(name).touch()
 
     def run(names, inputs):
         assert all(inp[0].shape[:2] == inputs[0][0].shape[:2] for inp in inputs)
         groups.append(names)
-        for n in names:
-            output_of(n).touch()
 
-    work = SameSizeBatches(list(sizes), output_of, lambda n: (np.zeros(sizes[n] + (3,)),), run, size=2, lookahead=3)
-    for name in sizes:  # what map_images does: every name whose output was missing when the stage began
-        if name not in done:
-            work(name)
-    assert groups == [["a", "b"], ["c", "e"], ["f", "g"]]
-    assert work.loaded == {}  # nothing left in memory
+    work = SameSizeBatches(list(sizes), run, size=2, lookahead=3)
+    with work:
+        for name in sizes:  # what map_images does: every name whose output was missing, with its input, in order
+            if name not in done:
+                work(name, (np.zeros(sizes[name] + (3,)),))
+                assert len(work.waiting) <= 3 + 1  # at most lookahead + 1 inputs held
+    assert groups == [["a", "b"], ["c", "e"], ["f", "g"], ["h"]]  # the last one alone, when the loop ended
+    assert work.waiting == []
+
+
+def test_same_size_batches_drop_what_waits_after_an_error():
+    groups = []
+    work = SameSizeBatches(["a", "b", "c"], lambda names, inputs: groups.append(names), size=2)
+    with pytest.raises(KeyError):
+        with work:
+            work("a", (np.zeros((4, 6, 3)),))
+            raise KeyError("stopped")
+    assert groups == [] and work.waiting == []
 
 
 def test_make_cam_writes_the_same_files_with_batched_images(tmp_path):
-    """The real stage through the CLI: runtime.batch_images=4 and 1 give identical CAM files; amp stays close."""
+    """The real stage through the CLI: runtime.batch_images=4 and 1 give identical CAM files, and so do inputs
+    prepared ahead in 2 DataLoader workers (byte for byte); amp stays close."""
     pytest.importorskip("affinitynet.stages.cam_sources")
     from affinitynet.cli import main
     from affinitynet.models import Classifier, TinyNet
@@ -353,6 +358,10 @@ def test_make_cam_writes_the_same_files_with_batched_images(tmp_path):
         return {p.name: np.load(p) for p in sorted((tmp_path / out / "cam").glob("*.npz"))}
 
     one, four = make_cam("one"), make_cam("four", "runtime.batch_images=4")
+    make_cam("prefetched", "runtime.num_workers=2", "runtime.batch_images=4")
+    for folder in ("four", "prefetched"):  # byte for byte: the DataLoader workers prepare what this process did
+        assert {p.name: p.read_bytes() for p in (tmp_path / folder / "cam").glob("*.npz")} == \
+            {p.name: p.read_bytes() for p in (tmp_path / "one" / "cam").glob("*.npz")}
     amp = make_cam("amp", "runtime.amp=true", "runtime.channels_last=true")
     assert len(one) == 6 and one.keys() == four.keys() == amp.keys()
     for name in one:

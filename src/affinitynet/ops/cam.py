@@ -90,7 +90,7 @@ def multiscale_cam(
     device = _model_device(model)
     h, w = image.shape[-2:]
     single = image.ndim == 3
-    x = image.to(device=device, dtype=torch.float32)
+    x = image.to(device=device, dtype=torch.float32, non_blocking=True)  # from page-locked memory: no wait
     x = x.unsqueeze(0) if single else x
     b = x.shape[0]
     total = None
@@ -98,7 +98,7 @@ def multiscale_cam(
         raise ValueError(f"{len(scaled)} scaled images for {len(scales)} scales")
     with torch.inference_mode():
         for i, s in enumerate(scales):
-            xs = _resize(x, _scaled_size(h, w, s)) if scaled is None else scaled[i].to(device, torch.float32)
+            xs = _resize(x, _scaled_size(h, w, s)) if scaled is None else scaled[i].to(device, torch.float32, non_blocking=True)
             xs = xs.unsqueeze(0) if xs.ndim == 3 else xs
             if batched:
                 batch = torch.cat([xs, xs.flip(-1)], dim=0) if flip else xs
