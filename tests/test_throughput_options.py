@@ -279,6 +279,28 @@ def test_channels_last_and_amp_cams_match_float32():
     assert (amp - ref).abs().max() <= 0.05 * ref.abs().max()  # bfloat16: ~3 significant digits per layer
 
 
+def test_amp_and_channels_last_reach_the_boundary_map():
+    """The wrapper runs IRN's boundary_map itself under autocast, channels-last: not the bare network's method."""
+    from affinitynet.models import build_boundary
+
+    section = config_mod.Config().boundary
+    torch.manual_seed(0)
+    net = build_boundary(section).eval()
+    seen = []
+    net.fuse.register_forward_hook(lambda m, args, out: seen.append(
+        (torch.is_autocast_enabled("cpu"), args[0].is_contiguous(memory_format=torch.channels_last))))
+    x = torch.randn(1, 3, 52, 64)
+    ref = net.boundary_map(x, flip=True, min_size=72)
+    assert seen.pop() == (False, False)
+    for opts, tol in ((AccelOptions(channels_last=True), 1e-5), (AccelOptions(amp=True, channels_last=True), 0.02)):
+        wrapped = opts.for_inference(net, "cpu")
+        b = wrapped.boundary_map(x, flip=True, min_size=72)
+        assert seen.pop() == (opts.amp, True)
+        assert b.dtype == torch.float32 and b.shape == ref.shape
+        assert (b - ref).abs().max() <= tol  # a map in [0, 1]; bfloat16 keeps ~3 significant digits a layer
+        net = net.to(memory_format=torch.contiguous_format)
+
+
 # ----------------------------------------------------------------------------- batched multi-image inference
 
 

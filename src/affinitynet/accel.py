@@ -90,7 +90,7 @@ def _float32(out):
 
 
 class Autocast(nn.Module):
-    """``net``'s ``forward`` and ``cam`` under autocast (inputs channels-last when asked), outputs in float32.
+    """``net``'s ``forward``, ``cam`` and ``boundary_map`` under autocast (inputs channels-last when asked), outputs in float32.
 
     Other attributes (``backbone``, ``param_groups``...) are the wrapped network's.
     """
@@ -121,6 +121,10 @@ class Autocast(nn.Module):
     def cam(self, *args, **kwargs):
         """The wrapped classifier's ``cam``; half-precision maps come back as float32."""
         return self._run(self.net.cam, args, kwargs)
+
+    def boundary_map(self, *args, **kwargs):
+        """The wrapped boundary network's ``boundary_map`` (IRN's); half-precision maps come back as float32."""
+        return self._run(self.net.boundary_map, args, kwargs)
 
 
 class SameSizeBatches:
