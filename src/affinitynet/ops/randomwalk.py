@@ -104,7 +104,7 @@ def propagate_with_affinity(
     with torch.no_grad():
         if method == "stencil":
             return propagate_stencil(cam, aff, idx_from, idx_to, beta, 2**logt)
-        step = transition_weights(aff.to(cam.dtype), idx_from, idx_to, n, beta)
+        step = transition_weights(aff.double(), idx_from, idx_to, n, beta).to(cam.dtype)
         x = cam.reshape(b, k, n).transpose(1, 2).reshape(b * n, k).contiguous()  # (B*N, K)
         for _ in range(2**logt):
             x = step @ x
