@@ -21,7 +21,7 @@ from ..cam_import import import_cams
 from ..errors import ConfigError, DataError
 from ..models import build_classifier
 from ..ops.bound import shrink_image, upsample_to
-from ..ops.cam import multiscale_cam, normalize_cams, scaled_images
+from ..ops.cam import bicubic_rescaled, model_device, multiscale_cam, normalize_cams
 from ..accel import AccelOptions
 from .common import build_trained
 
@@ -49,8 +49,9 @@ def _decoded(image: np.ndarray) -> np.ndarray:
 
 
 class CamInput(NamedTuple):
-    """One image ready for the classifier: ``image`` (3, h, w) normalised within the size bound, ``scaled`` one
-    (3, h_s, w_s) tensor per scale (None: the network's device resizes ``image`` bilinearly), ``size`` its own (H, W)."""
+    """One decoded image ready to go to the classifier's device: ``image`` (h, w, 3) uint8 within the size bound,
+    ``scaled`` one (h_s, w_s, 3) uint8 image per scale (None: the device resizes ``image`` bilinearly),
+    ``size`` the image's own (H, W). Normalised on the device (``input_cams``): a quarter of the bytes to copy."""
 
     image: torch.Tensor
     scaled: list[torch.Tensor] | None
@@ -59,27 +60,26 @@ class CamInput(NamedTuple):
 
 @dataclass(frozen=True)
 class CamInputs:
-    """Decoded image -> ``CamInput``: the size bound, the normalisation its weights expect and, unless bilinear, the
-    release's PIL rescales (``cam.resample``). Picklable: make_cam's DataLoader workers run it."""
+    """Decoded image -> ``CamInput``: the size bound and, unless bilinear, the release's PIL rescales
+    (``cam.resample``). Picklable: make_cam's DataLoader workers run it."""
 
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
     scales: tuple[float, ...]
     resample: str
     max_long_side: int
 
     @classmethod
-    def of(cls, model, cfg) -> "CamInputs":
-        """The inputs ``model`` (its backbone's normalisation) takes under the ``cam`` section ``cfg``."""
-        return cls(tuple(model.backbone.mean), tuple(model.backbone.std), tuple(cfg.scales), cfg.resample,
-                   cfg.max_long_side)
+    def of(cls, cfg) -> "CamInputs":
+        """The inputs the ``cam`` section ``cfg`` asks for."""
+        if cfg.resample not in ("bilinear", "bicubic"):
+            raise ValueError(f"unknown resample {cfg.resample!r} (valid: bilinear, bicubic)")
+        return cls(tuple(cfg.scales), cfg.resample, cfg.max_long_side)
 
     def __call__(self, raw: np.ndarray) -> CamInput:
         """(H, W, 3) uint8 -> ``CamInput``."""
         small = shrink_image(raw, self.max_long_side, max(self.scales))
-        scaled = None if self.resample == "bilinear" else scaled_images(small, self.scales, self.mean, self.std,
-                                                                         self.resample)
-        return CamInput(normalize_image(small, self.mean, self.std), scaled, tuple(raw.shape[:2]))
+        scaled = None if self.resample == "bilinear" else [torch.from_numpy(s)
+                                                           for s in bicubic_rescaled(small, self.scales)]
+        return CamInput(torch.from_numpy(small), scaled, tuple(raw.shape[:2]))
 
 
 class ClassifierCam(CamSource):
@@ -92,7 +92,7 @@ class ClassifierCam(CamSource):
                                    accel=AccelOptions.from_runtime(ctx.cfg.runtime))
 
     def inputs(self) -> CamInputs:
-        return CamInputs.of(self.model, self.ctx.cfg.cam)
+        return CamInputs.of(self.ctx.cfg.cam)
 
     def __call__(self, name, image: CamInput, tags):
         return input_cams(self.model, [image], [tags], self.ctx.cfg.cam)[0]
@@ -112,29 +112,29 @@ def image_cams(model, raw: np.ndarray, labels: np.ndarray, cfg) -> tuple[torch.T
 
 def batch_image_cams(model, raws: list[np.ndarray], labels: list[np.ndarray], cfg) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """``image_cams`` of several (H, W, 3) images of one size, each scale of all of them in one forward pass."""
-    prepare = CamInputs.of(model, cfg)
+    prepare = CamInputs.of(cfg)
     return input_cams(model, [prepare(raw) for raw in raws], labels, cfg)
 
 
 def input_cams(model, inputs: list[CamInput], labels: list[np.ndarray], cfg) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """``CamInput`` of B images of one size, (C,) tags each -> (keys (C',), maps (C', H, W) on the CPU) per image."""
-    images = _stacked([i.image for i in inputs])
-    scaled = None if inputs[0].scaled is None else [_stacked(list(views)) for views in zip(*(i.scaled for i in inputs))]
+    """``CamInput`` of B images of one size, (C,) tags each -> (keys (C',), maps (C', H, W) on the CPU) per image.
+
+    Each image goes to the network's device (without waiting, from page-locked memory) and is normalised there.
+    """
+    device, mean, std = model_device(model), model.backbone.mean, model.backbone.std
+
+    def normalised(image: torch.Tensor) -> torch.Tensor:
+        return normalize_image(image.to(device, non_blocking=True), mean, std)
+
+    images = torch.stack([normalised(i.image) for i in inputs])
+    scaled = None if inputs[0].scaled is None else [torch.stack([normalised(v) for v in views])
+                                                    for views in zip(*(i.scaled for i in inputs))]
     cams = multiscale_cam(model, images, cfg.scales, cfg.flip, batched=cfg.batch_scales, scaled=scaled)
     out = []
     for image_cams_, tags in zip(cams, labels):
         keys, maps = normalize_cams(image_cams_, torch.from_numpy(tags))
         out.append((keys, upsample_to(maps.cpu(), tuple(inputs[0].size))))  # stored at image size
     return out
-
-
-def _stacked(tensors: list[torch.Tensor]) -> torch.Tensor:
-    """(B, ...) from B tensors, in page-locked memory when they are (their copy to the device need not wait)."""
-    if len(tensors) == 1:
-        return tensors[0].unsqueeze(0)  # a view: still page-locked
-    first = tensors[0]
-    out = torch.empty((len(tensors), *first.shape), dtype=first.dtype, pin_memory=first.is_pinned())
-    return torch.stack(tensors, out=out)
 
 
 class ImportedCam(CamSource):
