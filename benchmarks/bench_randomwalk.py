@@ -2,6 +2,10 @@
 
     python benchmarks/bench_randomwalk.py [--threads N] [--repeats R] [--dense-large] [--json PATH]
 
+Also the walk as users call it, ``affinitynet.randomwalk.propagate(cam, feat)``: the pair affinities from the
+448-channel embedding, then the walk, with the affinities from gathered pairs (``pair_affinity``, before) and
+from shifted slices (``radius_pair_affinity``, now); both give the same scores bit for bit.
+
 Cases: (63x47, 21 channels), (63x47, 3 channels: two classes and background, what a typical image
 propagates), (125x94, 3 channels: stride 4), and with --dense-large (125x94, 21 channels).
 Every method runs in a fresh subprocess on identical seeded inputs (448-dim embeddings with region
@@ -28,7 +32,7 @@ import torch.nn.functional as F
 
 from affinitynet.ops.affinity import pair_affinity
 from affinitynet.ops.pairs import pair_indices
-from affinitynet.randomwalk import dense_propagate_reference, propagate_with_affinity
+from affinitynet.randomwalk import dense_propagate_reference, propagate, propagate_with_affinity
 
 K, D, RADIUS, BETA, LOGT, UPSAMPLE = 21, 448, 5, 8.0, 8, 8
 SMALL, LARGE = (63, 47), (125, 94)  # stride 8 and stride 4 grids of a ~500 x 375 image
@@ -56,7 +60,7 @@ def save_inputs(h: int, w: int, k: int, seed: int, path: str) -> float:
     start = time.perf_counter()
     aff = pair_affinity(feat, idx_from, idx_to)
     seconds = time.perf_counter() - start
-    np.savez(path, cam=cam.numpy(), aff=aff.numpy())
+    np.savez(path, cam=cam.numpy(), aff=aff.numpy(), feat=feat.numpy())
     return seconds
 
 
@@ -96,10 +100,21 @@ def worker(method: str, inputs: str, repeats: int, out_path: str) -> dict:
     k, h, w = cam.shape
     n = h * w
     idx_from, idx_to = pair_indices(h, w, RADIUS)
+    feat = torch.from_numpy(data["feat"])
     if method in ("sparse", "stencil"):
         def run() -> torch.Tensor:
             return propagate_with_affinity(cam[None], aff[None], h, w, RADIUS, beta=BETA, logt=LOGT, method=method)[0]
         run()  # warm-up (thread pool, allocator; the stencil's compiled kernel loads from Numba's cache)
+    elif method == "propagate":
+        def run() -> torch.Tensor:
+            return propagate(cam, feat, radius=RADIUS, beta=BETA, logt=LOGT)
+        run()
+    elif method == "propagate_gather":  # propagate as it was: the affinities of gathered pairs
+        def run() -> torch.Tensor:
+            with torch.no_grad():
+                gathered = pair_affinity(feat, idx_from, idx_to)
+            return propagate_with_affinity(cam[None], gathered[None], h, w, RADIUS, beta=BETA, logt=LOGT)[0]
+        run()
     else:
         dtype = torch.float64 if method == "dense64" else torch.float32
 
@@ -174,7 +189,7 @@ def main() -> None:
             aff_seconds[size] = save_inputs(*size, k, args.seed, inputs)
             dense_runs = size == SMALL or args.dense_large
             stats = {}
-            for method in ("stencil", "sparse") + (("dense",) if dense_runs else ()) + \
+            for method in ("propagate_gather", "propagate", "stencil", "sparse") + (("dense",) if dense_runs else ()) + \
                     (("dense64",) if (size, k) == (SMALL, K) else ()):
                 stats[method] = spawn(method, inputs, args.repeats if method != "dense" or size == SMALL else 1,
                                       args.threads, tmp)
@@ -192,6 +207,8 @@ def main() -> None:
                     continue
                 ref = stats.get("dense") if method != "dense" else None
                 ref = ref or (stats["sparse"] if method == "stencil" else None)
+                if method == "propagate":  # bit for bit what it gave before
+                    record_same = torch.equal(stats["propagate"]["scores"], stats["propagate_gather"]["scores"])
                 diff = compare(stats[method]["scores"], ref["scores"]) if ref else None
                 exact = compare(stats[method]["scores"], truth["scores"]) if truth else None
                 record = {"method": method, "grid": f"{size[0]}x{size[1]}", "channels": k,
@@ -203,7 +220,14 @@ def main() -> None:
                           "max_abs_diff_vs_dense64": exact[0] if exact else None}
                 records.append(record)
                 name = {"stencil": "stencil (ours, Numba)", "sparse": "sparse CSR (ours)",
-                        "dense": "dense float32 (reference code)"}[method]
+                        "dense": "dense float32 (reference code)",
+                        "propagate_gather": "propagate(cam, feat): gathered affinities + walk (before)",
+                        "propagate": "propagate(cam, feat): slice affinities + walk (now)"}[method]
+                if method.startswith("propagate"):
+                    record["vs_dense_plus_affinities"] = (dense_s + aff_seconds[size]) / stats[method]["seconds"]
+                if method == "propagate":
+                    record["same_as_before"] = record_same
+                    name += " (same scores bit for bit)" if record_same else " (SCORES DIFFER from before)"
                 rows.append([
                     name, record["grid"], str(k), f"{record['seconds']:.3f}", f"{record['peak_rss_mb']:.0f}",
                     f"{record['rss_delta_mb']:.0f}",
@@ -223,6 +247,10 @@ def main() -> None:
         print("| " + " | ".join(row) + " |")
     print("\npair affinities from the embedding (same for all methods, not in the times): "
           + ", ".join(f"{s:.3f} s at {g[0]}x{g[1]}" for g, s in aff_seconds.items()))
+    for r in records:
+        if r["method"].startswith("propagate"):
+            print(f"{r['method']} at {r['grid']} x {r['channels']}: {r['speedup_vs_dense']:.0f}x the dense walk alone, "
+                  f"{r['vs_dense_plus_affinities']:.0f}x the dense walk + the gathered affinities")
     if not args.dense_large:
         n_large = LARGE[0] * LARGE[1]
         print(f"dense at {LARGE[0]}x{LARGE[1]} skipped (--dense-large runs it): its time is estimated from N^3 "

@@ -14,10 +14,11 @@ pipeline runs it (float32 training; flip batched per scale; the walk's ``auto`` 
 ResNet-50's in the same run. Networks start from random weights
 (throughput does not depend on them); inference runs on random images of a typical VOC size (500 x 375,
 or the preset's synthetic size), training on random crops. For each stage the baseline is the release's way
-(inference: one image, one scale and one view per forward, the dense random walk) or, for training, float32
-without any option; every other row adds options (``affinitynet.accel``, ``runtime`` keys) and shows its
-speed-up over that baseline. The dense CRF has no option: its row is its own baseline.
-Prints a markdown table; --json saves the rows.
+(inference: one image, one scale and one view per forward, the dense random walk on gathered pair
+affinities) or, for training, float32 without any option; every other row adds options
+(``affinitynet.accel``, ``runtime`` keys) and shows its speed-up over that baseline. The dense CRF has no
+option: its row is its own baseline. The stages' own per-image machinery (pools, prefetching, the CRF pool
+beside segment's network) is timed by ``bench_pipeline.py``. Prints a markdown table; --json saves the rows.
 """
 from __future__ import annotations
 
@@ -39,7 +40,7 @@ import affinitynet
 from affinitynet import config as config_mod
 from affinitynet.accel import AccelOptions
 from affinitynet.models import build_affinitynet, build_classifier, build_deeplab
-from affinitynet.ops.affinity import pair_affinity
+from affinitynet.ops.affinity import pair_affinity, radius_pair_affinity
 from affinitynet.ops.cam import multiscale_cam
 from affinitynet.ops.inference import multiscale_predict
 from affinitynet.ops.pairs import pair_indices
@@ -252,7 +253,11 @@ def random_walk_rows(cfg, device, args) -> list[dict]:
     def stage(net, method):
         def run():
             with torch.inference_mode():
-                aff = pair_affinity(net(image).float(), idx_from, idx_to)
+                feat = net(image).float()
+                if method == "dense":  # the release gathers both ends of every pair
+                    aff = pair_affinity(feat, idx_from, idx_to)
+                else:  # what the stage does: shifted slices of the embedding (the same values)
+                    aff = radius_pair_affinity(feat, rw.radius, reference=rw.reference_pairs)
                 if method == "dense":
                     dense_propagate_reference(cam[0].reshape(WALK_CHANNELS, n), aff[0], idx_from, idx_to, n,
                                               rw.beta, rw.logt)

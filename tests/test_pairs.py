@@ -219,6 +219,27 @@ def test_grid_pair_affinity_equals_gathered_pairs(h, w, radius):
     torch.testing.assert_close(gb, ga)
 
 
+@pytest.mark.parametrize("h,w,radius", [(47, 63, 5), (7, 5, 3), (13, 9, 5), (1, 6, 2), (3, 4, 5)])
+@pytest.mark.parametrize("reference", [False, True])
+def test_slice_affinities_equal_the_gathered_pairs_bit_for_bit(h, w, radius, reference):
+    from affinitynet.ops.affinity import pair_affinity, radius_pair_affinity
+
+    torch.manual_seed(h * w + radius)
+    feat = torch.randn(2, 448 if h == 47 else 8, h, w)
+    want = pair_affinity(feat, *pair_indices(h, w, radius, reference=reference))
+    got = radius_pair_affinity(feat, radius, reference=reference)
+    assert got.shape == want.shape and torch.equal(got, want)  # the same mean over the same contiguous channels
+    assert torch.equal(radius_pair_affinity(feat[1], radius, reference=reference), want[1])
+    if h == 47:  # and the public walk keeps its results exactly
+        from affinitynet.randomwalk import propagate, propagate_with_affinity
+
+        cam = torch.rand(2, 3, h, w)
+        for method in ("sparse", "auto"):
+            before = propagate_with_affinity(cam, want, h, w, radius, logt=4, reference_pairs=reference, method=method)
+            assert torch.equal(propagate(cam, feat, radius=radius, logt=4, reference_pairs=reference, method=method),
+                               before)
+
+
 def test_pair_ap_keeps_labelled_pairs_of_every_image():
     from affinitynet.ops.affinity import pair_ap
 

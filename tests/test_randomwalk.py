@@ -157,3 +157,41 @@ def test_propagate_rejects_mismatched_inputs():
         propagate(torch.rand(3, 4, 5), torch.rand(2, 4, 6))
     with pytest.raises(ValueError):
         propagate_with_affinity(torch.rand(1, 3, 4, 5), torch.rand(1, 7), 4, 5, 3)
+
+
+def _strong_boundaries(h, w):
+    """Affinities 1 - max boundary on each path, on a map with wide areas of strong boundary (IRN's case):
+    many pixels nearly cut off from their neighbours, where float32 rounding of the walk shows most."""
+    from affinitynet.ops.paths import path_max_affinity
+
+    g = torch.Generator().manual_seed(7)
+    noise = torch.rand(1, 1, 5, 7, generator=g, dtype=torch.float64) * 2 - 1
+    field = torch.nn.functional.interpolate(noise, size=(h, w), mode="bicubic", align_corners=False)[0]
+    return path_max_affinity(torch.sigmoid(12 * field), 5)
+
+
+@pytest.mark.parametrize("method", ["sparse", "stencil"])
+def test_float32_walk_rounds_weights_from_float64_and_drifts_little_on_a_field_of_ones(method, monkeypatch):
+    """The walk builds each step's weights in float64 and rounds them to the scores' dtype: their sums are 1 up to
+    float32's last bits (5e-8; built in float32: 6e-7), so 256 steps of a field of ones stay within 2.5e-4 of 1
+    (docs/randomwalk.md: 1.7e-4 measured, 2.2-3.2e-4 with float32 weights, irn's dense float32 walk 1.1e-4);
+    float64 stays within 1e-12."""
+    from affinitynet.ops import randomwalk, walk_stencil
+
+    if method == "stencil" and not walk_stencil.available():
+        pytest.skip("Numba is not installed")
+    h, w = 48, 64
+    aff = _strong_boundaries(h, w)
+    idx_from, idx_to = pair_indices(h, w, 5)
+    built = transition_weights(aff.double(), idx_from, idx_to, h * w, 10.0).to(torch.float32)
+    assert (built.double() @ torch.ones(h * w, 1, dtype=torch.float64) - 1).abs().max() < 1e-7
+    seen = []
+    for module, name in ((randomwalk, "transition_weights"), (walk_stencil, "stencil_weights")):
+        real = getattr(module, name)
+        monkeypatch.setattr(module, name, lambda aff, *a, real=real: seen.append(aff.dtype) or real(aff, *a))
+    walked = propagate_with_affinity(torch.ones(1, 1, h, w), aff.float(), h, w, 5, beta=10, logt=8, method=method)
+    assert seen == [torch.float64] and walked.dtype == torch.float32
+    assert (walked.double() - 1).abs().max() < 2.5e-4
+    exact = propagate_with_affinity(torch.ones(1, 1, h, w, dtype=torch.float64), aff, h, w, 5, beta=10, logt=8,
+                                    method=method)
+    assert (exact - 1).abs().max() < 1e-12

@@ -279,6 +279,28 @@ def test_channels_last_and_amp_cams_match_float32():
     assert (amp - ref).abs().max() <= 0.05 * ref.abs().max()  # bfloat16: ~3 significant digits per layer
 
 
+def test_amp_and_channels_last_reach_the_boundary_map():
+    """The wrapper runs IRN's boundary_map itself under autocast, channels-last: not the bare network's method."""
+    from affinitynet.models import build_boundary
+
+    section = config_mod.Config().boundary
+    torch.manual_seed(0)
+    net = build_boundary(section).eval()
+    seen = []
+    net.fuse.register_forward_hook(lambda m, args, out: seen.append(
+        (torch.is_autocast_enabled("cpu"), args[0].is_contiguous(memory_format=torch.channels_last))))
+    x = torch.randn(1, 3, 52, 64)
+    ref = net.boundary_map(x, flip=True, min_size=72)
+    assert seen.pop() == (False, False)
+    for opts, tol in ((AccelOptions(channels_last=True), 1e-5), (AccelOptions(amp=True, channels_last=True), 0.02)):
+        wrapped = opts.for_inference(net, "cpu")
+        b = wrapped.boundary_map(x, flip=True, min_size=72)
+        assert seen.pop() == (opts.amp, True)
+        assert b.dtype == torch.float32 and b.shape == ref.shape
+        assert (b - ref).abs().max() <= tol  # a map in [0, 1]; bfloat16 keeps ~3 significant digits a layer
+        net = net.to(memory_format=torch.contiguous_format)
+
+
 # ----------------------------------------------------------------------------- batched multi-image inference
 
 
@@ -309,33 +331,38 @@ def test_batched_image_cams_equal_one_image_at_a_time():
             assert torch.allclose(maps, maps1, atol=1e-5)
 
 
-def test_same_size_batches_group_upcoming_images_of_one_size(tmp_path):
-    sizes = {"a": (4, 6), "b": (4, 6), "c": (5, 6), "d": (4, 6), "e": (5, 6), "f": (4, 6), "g": (4, 6)}
-    done = {"d"}  # already written (resumed stage)
+def test_same_size_batches_group_upcoming_images_of_one_size():
+    sizes = {"a": (4, 6), "b": (4, 6), "c": (5, 6), "d": (4, 6), "e": (5, 6), "f": (4, 6), "g": (4, 6), "h": (5, 6)}
+    done = {"d"}  # already written (resumed stage): it never arrives
     groups = []
-
-    def output_of(name):
-        return tmp_path / f"{name}.out"
-
-    for name in done:
-        output_of(name).touch()
 
     def run(names, inputs):
         assert all(inp[0].shape[:2] == inputs[0][0].shape[:2] for inp in inputs)
         groups.append(names)
-        for n in names:
-            output_of(n).touch()
 
-    work = SameSizeBatches(list(sizes), output_of, lambda n: (np.zeros(sizes[n] + (3,)),), run, size=2, lookahead=3)
-    for name in sizes:  # what map_images does: every name whose output was missing when the stage began
-        if name not in done:
-            work(name)
-    assert groups == [["a", "b"], ["c", "e"], ["f", "g"]]
-    assert work.loaded == {}  # nothing left in memory
+    work = SameSizeBatches(list(sizes), run, size=2, lookahead=3)
+    with work:
+        for name in sizes:  # what map_images does: every name whose output was missing, with its input, in order
+            if name not in done:
+                work(name, (np.zeros(sizes[name] + (3,)),))
+                assert len(work.waiting) <= 3 + 1  # at most lookahead + 1 inputs held
+    assert groups == [["a", "b"], ["c", "e"], ["f", "g"], ["h"]]  # the last one alone, when the loop ended
+    assert work.waiting == []
+
+
+def test_same_size_batches_drop_what_waits_after_an_error():
+    groups = []
+    work = SameSizeBatches(["a", "b", "c"], lambda names, inputs: groups.append(names), size=2)
+    with pytest.raises(KeyError):
+        with work:
+            work("a", (np.zeros((4, 6, 3)),))
+            raise KeyError("stopped")
+    assert groups == [] and work.waiting == []
 
 
 def test_make_cam_writes_the_same_files_with_batched_images(tmp_path):
-    """The real stage through the CLI: runtime.batch_images=4 and 1 give identical CAM files; amp stays close."""
+    """The real stage through the CLI: runtime.batch_images=4 and 1 give identical CAM files, and so do inputs
+    prepared ahead in 2 DataLoader workers (byte for byte); amp stays close."""
     pytest.importorskip("affinitynet.stages.cam_sources")
     from affinitynet.cli import main
     from affinitynet.models import Classifier, TinyNet
@@ -353,6 +380,10 @@ def test_make_cam_writes_the_same_files_with_batched_images(tmp_path):
         return {p.name: np.load(p) for p in sorted((tmp_path / out / "cam").glob("*.npz"))}
 
     one, four = make_cam("one"), make_cam("four", "runtime.batch_images=4")
+    make_cam("prefetched", "runtime.num_workers=2", "runtime.batch_images=4")
+    for folder in ("four", "prefetched"):  # byte for byte: the DataLoader workers prepare what this process did
+        assert {p.name: p.read_bytes() for p in (tmp_path / folder / "cam").glob("*.npz")} == \
+            {p.name: p.read_bytes() for p in (tmp_path / "one" / "cam").glob("*.npz")}
     amp = make_cam("amp", "runtime.amp=true", "runtime.channels_last=true")
     assert len(one) == 6 and one.keys() == four.keys() == amp.keys()
     for name in one:

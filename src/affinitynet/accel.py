@@ -16,9 +16,8 @@ Each option is off by default or changes nothing it must not change (see tests/t
 """
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 from torch import nn
@@ -91,7 +90,7 @@ def _float32(out):
 
 
 class Autocast(nn.Module):
-    """``net``'s ``forward`` and ``cam`` under autocast (inputs channels-last when asked), outputs in float32.
+    """``net``'s ``forward``, ``cam`` and ``boundary_map`` under autocast (inputs channels-last when asked), outputs in float32.
 
     Other attributes (``backbone``, ``param_groups``...) are the wrapped network's.
     """
@@ -123,48 +122,57 @@ class Autocast(nn.Module):
         """The wrapped classifier's ``cam``; half-precision maps come back as float32."""
         return self._run(self.net.cam, args, kwargs)
 
+    def boundary_map(self, *args, **kwargs):
+        """The wrapped boundary network's ``boundary_map`` (IRN's); half-precision maps come back as float32."""
+        return self._run(self.net.boundary_map, args, kwargs)
+
 
 class SameSizeBatches:
-    """``work(name)`` for ``StageContext.map_images`` that handles up to ``size`` images of one size per call.
+    """``work(name, input)`` for ``StageContext.map_images`` that runs up to ``size`` images of one size together.
 
-    ``load(name)`` returns an image's input (its first item an (H, W, ...) array whose first two dims
-    are the size); ``run(names, inputs)`` computes and writes the outputs of a group. A call for an
-    image looks at most ``lookahead`` names ahead in ``names`` (this process's order) for images whose
-    output is still missing and whose size matches; an image already written by an earlier group is
-    skipped. Inputs loaded while looking ahead are kept until their own group runs.
+    Images arrive in this process's order (``names``, those already done left out) with their inputs;
+    ``key(input)`` is an input's size. An image's group is itself and the images still waiting among the
+    ``lookahead`` names after it whose size matches, in order, up to ``size``; ``run(names, inputs)``
+    computes and writes a group's outputs as soon as its members are known (the group is full, a later
+    image arrived, or the loop ended: ``with`` it around the loop, as ``map_images(around=...)`` does).
+    At most ``lookahead`` + 1 inputs wait in memory.
     """
 
-    def __init__(self, names: Sequence[str], output_of: Callable[[str], Path], load: Callable, run: Callable,
-                 size: int, lookahead: int | None = None):
+    def __init__(self, names: Sequence[str], run: Callable, size: int, lookahead: int | None = None,
+                 key: Callable = lambda item: tuple(item[0].shape[:2])):
         if size < 1:
             raise ValueError(f"batch size must be >= 1, got {size}")
-        self.names, self.output_of, self.load, self.run, self.size = list(names), output_of, load, run, size
-        self.position = {n: i for i, n in enumerate(self.names)}
+        self.run, self.size, self.key = run, size, key
+        self.position = {n: i for i, n in enumerate(names)}
         self.lookahead = 4 * size if lookahead is None else lookahead
-        self.loaded: dict[str, object] = {}
+        self.waiting: list[tuple[str, object]] = []  # arrived, not yet run, in arrival order
 
-    def _input(self, name: str):
-        if name not in self.loaded:
-            self.loaded[name] = self.load(name)
-        return self.loaded[name]
+    def _group(self, ended: bool = False) -> list[int] | None:
+        """Positions in ``waiting`` of the first waiting image's group once it is known (``ended``: no image is
+        still to come), else None."""
+        first, item = self.waiting[0]
+        end = self.position[first] + self.lookahead
+        shape = self.key(item)
+        group = [i for i, (name, other) in enumerate(self.waiting)
+                 if self.position[name] <= end and self.key(other) == shape][:self.size]
+        closed = ended or self.position[self.waiting[-1][0]] > end
+        return group if len(group) == self.size or closed else None
 
-    def _upcoming(self, name: str) -> Iterator[str]:
-        start = self.position.get(name, len(self.names)) + 1
-        for other in self.names[start:start + self.lookahead]:
-            if not self.output_of(other).exists():
-                yield other
+    def _run(self, group: list[int]) -> None:
+        members = [self.waiting[i] for i in group]
+        self.waiting = [w for i, w in enumerate(self.waiting) if i not in group]
+        self.run([n for n, _ in members], [item for _, item in members])
 
-    def __call__(self, name: str) -> None:
-        if self.output_of(name).exists():
-            self.loaded.pop(name, None)
-            return  # written with an earlier image's group
-        first = self._input(name)
-        shape = first[0].shape[:2]
-        group = [name]
-        for other in self._upcoming(name):
-            if len(group) == self.size:
-                break
-            if self._input(other)[0].shape[:2] == shape:
-                group.append(other)
-        inputs = [self.loaded.pop(n) for n in group]
-        self.run(group, inputs)
+    def __call__(self, name: str, item) -> None:
+        self.waiting.append((name, item))
+        while self.waiting and (group := self._group()) is not None:
+            self._run(group)
+
+    def __enter__(self) -> "SameSizeBatches":
+        return self
+
+    def __exit__(self, kind, error, tb) -> None:
+        if kind is None:  # the last images: every group's members have arrived
+            while self.waiting:
+                self._run(self._group(ended=True))
+        self.waiting = []

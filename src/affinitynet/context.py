@@ -2,12 +2,12 @@
 per-image work spread over processes, with running out of memory turned into a one-line error."""
 from __future__ import annotations
 
+import contextlib
 import logging
 import multiprocessing as mp
-import signal
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
 
@@ -15,6 +15,7 @@ from .config import Config
 from .errors import DataError, StageError
 from .layout import RunLayout
 from .logs import LOG, progress
+from .overlap import prefetched, worker_init
 
 
 @dataclass
@@ -65,24 +66,64 @@ class StageContext:
         """Progress bar on the main process when ``runtime.progress`` is on."""
         return progress(iterable, desc=desc, total=total, enabled=self.cfg.runtime.progress and self.is_main)
 
-    def map_images(self, names: list[str], output_of: Callable[[str], Path], work: Callable[[str], None], *,
-                   desc: str, workers: int = 1, image_of: Callable[[str], Path] | None = None,
-                   memory_key: str = "") -> dict:
+    def map_images(self, names: list[str], output_of: Callable[[str], Path], work: Callable, *, desc: str,
+                   workers: int = 1, image_of: Callable[[str], Path] | None = None, memory_key: str = "",
+                   inputs: Callable[[str], object] | None = None, around: Sequence = ()) -> dict:
         """Run ``work(name)`` for every image whose output file is missing: resumable and sharded by rank.
 
         ``work`` writes ``output_of(name)`` atomically. With ``workers > 1`` a process pool runs it
-        (``work`` must then be picklable); each rank gets its own pool, capped at this machine's cores
-        divided by the job's processes on it. Every rank checks that all images (not just its shard)
-        have their output before the stage may finish. Returns counts of done / skipped images over all ranks.
-        With ``memory_key`` (a ``section.key`` that bounds the image size), running out of memory on one
-        image stops the stage with a one-line error naming ``image_of(name)`` and that key.
+        (``work`` must then be picklable): each worker process gets ``work`` once, when it starts, and keeps
+        it (and whatever it builds, a network included) for every image it is sent; tasks carry only names.
+        Each rank gets its own pool, capped at this machine's cores divided by the job's processes on it.
+        With ``inputs``, ``work(name, inputs(name))`` runs in this process instead, and ``inputs`` (picklable)
+        prepares the images ahead in ``runtime.num_workers`` DataLoader processes, in order (pinned on CUDA:
+        ``overlap.prefetched``). ``around``: context managers entered around the loop (``overlap.Behind``, a
+        ``SameSizeBatches``); their exits finish what the work handed them before the outputs are checked.
+        Every rank checks that all images (not just its shard) have their output before the stage may finish.
+        Returns counts of done / skipped images over all ranks. With ``memory_key`` (a ``section.key`` that
+        bounds the image size), running out of memory on one image stops the stage with a one-line error
+        naming ``image_of(name)`` and that key.
         """
-        from .dist import all_gather_object, available_cores, barrier, shard
+        from .dist import all_gather_object, barrier, shard
 
         if memory_key:
-            section, key = memory_key.split(".")
-            work = OutOfMemoryReport(work, image_of or output_of, f"{desc} on {self.device}", memory_key,
-                                     getattr(self.cfg.section(section), key))
+            work = self.memory_report(work, desc, memory_key, image_of or output_of)
+        workers = self.worker_share(workers, desc)
+        mine = shard(list(names), self.rank, self.world_size)
+        todo = [n for n in mine if not output_of(n).exists()]
+        done = sum(all_gather_object(len(todo)))
+        skipped = len(names) - done
+        if skipped and self.is_main:
+            self.log.info(f"  {desc}: {skipped} of {len(names)} images already done, resuming")
+        with contextlib.ExitStack() as stack:
+            for manager in around:
+                stack.enter_context(manager)
+            if inputs is not None:
+                rt = self.cfg.runtime
+                items = prefetched(todo, inputs, workers=rt.num_workers if len(todo) > 1 else 0,
+                                   prefetch_factor=rt.prefetch_factor,
+                                   pin_memory=rt.pin_memory and self.device is not None and self.device.type == "cuda")
+                for name, item in self.progress(items, desc=desc, total=len(todo)):
+                    work(name, item)
+            elif workers > 1 and len(todo) > 1:
+                # spawn, not fork: a forked child of a process that already ran OpenMP/CUDA work can hang
+                with mp.get_context("spawn").Pool(workers, initializer=_pool_worker_init, initargs=(work,)) as pool:
+                    for _ in self.progress(pool.imap_unordered(_pool_work, todo, chunksize=1), desc=desc,
+                                           total=len(todo)):
+                        pass
+            else:
+                for n in self.progress(todo, desc=desc, total=len(todo)):
+                    work(n)
+        barrier()
+        missing = [n for n in names if not output_of(n).exists()]
+        if missing:
+            raise StageError(f"{desc}: {len(missing)} outputs missing after the stage ran "
+                             f"(first: {output_of(missing[0])}); re-run to resume")
+        return {"done": done, "skipped": skipped}
+
+    def worker_share(self, workers: int, desc: str) -> int:
+        """``workers`` capped at this machine's cores divided by the job's processes on it (logged when capped)."""
+        from .dist import available_cores
 
         if workers > 1:
             share = max(1, available_cores() // max(1, self.local_world_size))
@@ -91,32 +132,29 @@ class StageContext:
                     self.log.info(f"  {desc}: {workers} workers per process capped at {share} "
                                   f"({available_cores()} cores / {self.local_world_size} process(es) on this machine)")
                 workers = share
-        mine = shard(list(names), self.rank, self.world_size)
-        todo = [n for n in mine if not output_of(n).exists()]
-        done = sum(all_gather_object(len(todo)))
-        skipped = len(names) - done
-        if skipped and self.is_main:
-            self.log.info(f"  {desc}: {skipped} of {len(names)} images already done, resuming")
-        if workers > 1 and len(todo) > 1:
-            # spawn, not fork: a forked child of a process that already ran OpenMP/CUDA work can hang
-            with mp.get_context("spawn").Pool(workers, initializer=_pool_worker_init) as pool:
-                for _ in self.progress(pool.imap_unordered(work, todo, chunksize=1), desc=desc, total=len(todo)):
-                    pass
-        else:
-            for n in self.progress(todo, desc=desc, total=len(todo)):
-                work(n)
-        barrier()
-        missing = [n for n in names if not output_of(n).exists()]
-        if missing:
-            raise StageError(f"{desc}: {len(missing)} outputs missing after the stage ran "
-                             f"(first: {output_of(missing[0])}); re-run to resume")
-        return {"done": done, "skipped": skipped}
+        return workers
+
+    def memory_report(self, work: Callable, desc: str, memory_key: str, image_of: Callable[[str], Path]):
+        """``work`` whose running out of memory becomes a one-line error naming the image and ``memory_key``."""
+        section, key = memory_key.split(".")
+        return OutOfMemoryReport(work, image_of, f"{desc} on {self.device}", memory_key,
+                                 getattr(self.cfg.section(section), key))
 
 
-def _pool_worker_init() -> None:
-    """A pool worker: one thread, and Ctrl-C left to the parent, which terminates the pool."""
-    torch.set_num_threads(1)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+_WORK: Callable[[str], None] | None = None  # in a pool worker: the stage's per-image work, set by _pool_worker_init
+
+
+def _pool_worker_init(work: Callable[[str], None] | None = None) -> None:
+    """A pool worker: one thread, Ctrl-C left to the parent (which terminates the pool), and the stage's ``work``
+    kept for every image this process is sent (unpickled once here, not once per image)."""
+    global _WORK
+    worker_init()
+    _WORK = work
+
+
+def _pool_work(name: str) -> None:
+    """One image in a pool worker: the ``work`` its initializer kept."""
+    _WORK(name)
 
 
 def is_out_of_memory(err: BaseException) -> bool:
@@ -138,13 +176,15 @@ class OutOfMemoryReport:
     key: str  # the section.key that bounds the image size
     value: int
 
-    def __call__(self, name: str) -> None:
+    def __call__(self, name, *args) -> None:
+        """``work(name, *args)``; ``name`` may be a list of names (a group of images): the first is named."""
         try:
-            self.work(name)
+            self.work(name, *args)
         except (RuntimeError, MemoryError) as e:
             if not is_out_of_memory(e):
                 raise
             lower = (f"lower {self.key} (now {self.value})" if self.value > 0
                      else f"set {self.key} (now 0: no bound), e.g. to 1000")
-            raise DataError(self.image_of(name), f"out of memory in {self.where}; {lower} and re-run the same "
+            first = name if isinstance(name, str) else name[0]
+            raise DataError(self.image_of(first), f"out of memory in {self.where}; {lower} and re-run the same "
                                                  f"command to resume (finished images are kept)") from None

@@ -1,5 +1,5 @@
 """The public random walk (docs/randomwalk.md): ``propagate(cam, feat, *, radius=5, beta=8, logt=8)`` and its pieces."""
-from affinitynet.ops.affinity import pair_affinity
+from affinitynet.ops.affinity import pair_affinity, radius_pair_affinity
 from affinitynet.ops.pairs import pair_indices
 from affinitynet.ops.randomwalk import (
     dense_propagate_reference,
@@ -14,5 +14,6 @@ __all__ = [
     "transition_weights",
     "pair_indices",
     "pair_affinity",
+    "radius_pair_affinity",
     "dense_propagate_reference",
 ]

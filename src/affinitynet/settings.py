@@ -258,6 +258,7 @@ class RuntimeConfig:
     prefetch_factor: int = 2  # batches each DataLoader worker prepares ahead (with num_workers > 0)
     step_sync: bool = True  # read the loss every step; false: every log_every steps only (no per-step device sync)
     batch_images: int = 1  # make_cam: up to this many images of one size per forward pass
+    crf_workers: int = 2  # segment: processes running the dense CRFs while the network goes on (0: one by one here)
 
 
 @dataclass

@@ -281,6 +281,7 @@ def config_problems(cfg: Config, report: Problems | None = None, *, files: bool 
         except AffinityNetError as err:
             report.add("runtime.device", str(err).split(": ", 1)[-1])
     _at_least(report, "runtime.num_workers", rt.num_workers, 0)
+    _at_least(report, "runtime.crf_workers", rt.crf_workers, 0)
     _at_least(report, "runtime.threads", rt.threads, 0)
     _at_least(report, "runtime.log_every", rt.log_every, 0)
     batch_split_problems(cfg, launched_processes() if processes is None else processes, report)

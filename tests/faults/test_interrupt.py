@@ -118,6 +118,28 @@ def test_disk_full_during_per_image_stage(reference_run, synth_root, tmp_path, c
     assert not temp_files(run)
 
 
+def test_disk_full_while_make_cam_writes_behind_the_network(reference_run, synth_root, tmp_path, capsys,
+                                                            monkeypatch):
+    """make_cam's files are written by a thread: its error surfaces in the run, naming the file, and the images
+    after it are not written; the re-run resumes to the same files."""
+    run = copy_run(reference_run, tmp_path / "run")
+    shutil.rmtree(run / "cam")
+    disk = FullDisk("cam/train_", allowed=5)
+    monkeypatch.setattr(affinitynet.io, "os", disk)
+    rc, _, err = in_process(run_cmd(run, synth_root, args=["--to", "make_cam"]), capsys)
+    line = error_line(rc, err)
+    assert "cam/train_00005.npz: No space left on device; free some space and re-run" in line
+    assert sorted(p.name for p in (run / "cam").glob("train_*.npz")) == [f"train_{i:05d}.npz" for i in range(5)]
+    assert not temp_files(run)
+
+    monkeypatch.setattr(affinitynet.io, "os", os)
+    rc, _, err = in_process(run_cmd(run, synth_root, args=["--to", "make_cam"]), capsys)
+    assert rc == 0, err
+    assert f"5 of {N_TRAIN} images already done, resuming" in err
+    assert file_bytes(run / "cam") == file_bytes(reference_run / "cam")
+    assert not temp_files(run)
+
+
 def test_disk_full_while_writing_a_checkpoint(reference_run, synth_root, tmp_path, capsys, monkeypatch):
     run = copy_run(reference_run, tmp_path / "run")
     upstream = {d: file_bytes(run / d) for d in ("classifier", "cam", "affinity_labels")}

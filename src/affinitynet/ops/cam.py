@@ -16,7 +16,8 @@ from ..conventions import normalize_image
 DEFAULT_SCALES = (1.0, 0.5, 1.5, 2.0)
 
 
-def _model_device(model: nn.Module) -> torch.device:
+def model_device(model: nn.Module) -> torch.device:
+    """The device of the network's first parameter (or buffer); the CPU for a network without either."""
     for p in model.parameters():
         return p.device
     for b in model.buffers():
@@ -40,11 +41,9 @@ def scaled_images(image: np.ndarray, scales: Sequence[float], mean: Sequence[flo
     """(H, W, 3) uint8 image -> one normalised (3, round(H*s), round(W*s)) tensor per scale.
 
     ``bilinear`` normalises first and resizes the float image (align_corners=False); ``bicubic`` resizes
-    the uint8 image with PIL's bicubic filter, then normalises, as the AffinityNet release's make-CAM
-    data loader does (voc12/data.py, ``VOC12ClsDatasetMSF``).
+    the uint8 image with PIL's bicubic filter (``bicubic_rescaled``), then normalises, as the AffinityNet
+    release's make-CAM data loader does (voc12/data.py, ``VOC12ClsDatasetMSF``).
     """
-    from PIL import Image
-
     if resample not in ("bilinear", "bicubic"):
         raise ValueError(f"unknown resample {resample!r} (valid: bilinear, bicubic)")
     img = np.asarray(image)
@@ -52,11 +51,19 @@ def scaled_images(image: np.ndarray, scales: Sequence[float], mean: Sequence[flo
     if resample == "bilinear":
         x = normalize_image(img, mean, std).unsqueeze(0)
         return [_resize(x, _scaled_size(h, w, s))[0] for s in scales]
+    return [normalize_image(scaled, mean, std) for scaled in bicubic_rescaled(img, scales)]
+
+
+def bicubic_rescaled(image: np.ndarray, scales: Sequence[float]) -> list[np.ndarray]:
+    """(H, W, 3) uint8 image -> one (round(H*s), round(W*s), 3) uint8 image per scale, by PIL's bicubic filter (the
+    image itself at its own size)."""
+    from PIL import Image
+
+    h, w = image.shape[:2]
     out = []
     for s in scales:
         sh, sw = _scaled_size(h, w, s)
-        scaled = img if (sh, sw) == (h, w) else np.array(Image.fromarray(img).resize((sw, sh), Image.BICUBIC))
-        out.append(normalize_image(scaled, mean, std))
+        out.append(image if (sh, sw) == (h, w) else np.array(Image.fromarray(image).resize((sw, sh), Image.BICUBIC)))
     return out
 
 
@@ -87,10 +94,10 @@ def multiscale_cam(
         raise ValueError(f"expected a (3, H, W) image or a (B, 3, H, W) batch, got shape {tuple(image.shape)}")
     if len(scales) == 0:
         raise ValueError("multiscale_cam needs at least one scale")
-    device = _model_device(model)
+    device = model_device(model)
     h, w = image.shape[-2:]
     single = image.ndim == 3
-    x = image.to(device=device, dtype=torch.float32)
+    x = image.to(device=device, dtype=torch.float32, non_blocking=True)  # from page-locked memory: no wait
     x = x.unsqueeze(0) if single else x
     b = x.shape[0]
     total = None
@@ -98,7 +105,7 @@ def multiscale_cam(
         raise ValueError(f"{len(scaled)} scaled images for {len(scales)} scales")
     with torch.inference_mode():
         for i, s in enumerate(scales):
-            xs = _resize(x, _scaled_size(h, w, s)) if scaled is None else scaled[i].to(device, torch.float32)
+            xs = _resize(x, _scaled_size(h, w, s)) if scaled is None else scaled[i].to(device, torch.float32, non_blocking=True)
             xs = xs.unsqueeze(0) if xs.ndim == 3 else xs
             if batched:
                 batch = torch.cat([xs, xs.flip(-1)], dim=0) if flip else xs

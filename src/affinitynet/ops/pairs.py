@@ -23,18 +23,24 @@ def pair_offsets(radius: int) -> list[tuple[int, int]]:
     return offsets
 
 
-@functools.lru_cache(maxsize=64)
-def _full_pairs(h: int, w: int, radius: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """All unordered pairs within the radius with both pixels inside the grid, offset-major."""
-    grid = torch.arange(h * w, dtype=torch.long).reshape(h, w)
-    froms, tos = [], []
+def offset_slices(h: int, w: int, radius: int) -> list[tuple[tuple[slice, slice], tuple[slice, slice]]]:
+    """((rows, cols) of the "from" pixels, (rows, cols) of the "to" pixels) on an h x w grid for each offset of
+    ``pair_offsets(radius)`` that fits in it: the full pair set as shifted slices, in ``pair_indices`` order."""
+    out = []
     for dy, dx in pair_offsets(radius):
         x0, x1 = max(0, -dx), w - max(0, dx)
         if dy >= h or x1 <= x0:
             continue
-        froms.append(grid[: h - dy, x0:x1].reshape(-1))
-        tos.append(grid[dy:, x0 + dx : x1 + dx].reshape(-1))
-    return _concat(froms), _concat(tos)
+        out.append(((slice(0, h - dy), slice(x0, x1)), (slice(dy, h), slice(x0 + dx, x1 + dx))))
+    return out
+
+
+@functools.lru_cache(maxsize=64)
+def _full_pairs(h: int, w: int, radius: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """All unordered pairs within the radius with both pixels inside the grid, offset-major."""
+    grid = torch.arange(h * w, dtype=torch.long).reshape(h, w)
+    slices = offset_slices(h, w, radius)
+    return _concat([grid[f].reshape(-1) for f, _ in slices]), _concat([grid[t].reshape(-1) for _, t in slices])
 
 
 @functools.lru_cache(maxsize=64)

@@ -13,7 +13,7 @@ import warnings
 
 import torch
 
-from affinitynet.ops.affinity import pair_affinity
+from affinitynet.ops.affinity import radius_pair_affinity
 from affinitynet.ops.pairs import pair_indices
 from affinitynet.ops.walk_stencil import available as stencil_available
 from affinitynet.ops.walk_stencil import propagate_stencil
@@ -104,7 +104,7 @@ def propagate_with_affinity(
     with torch.no_grad():
         if method == "stencil":
             return propagate_stencil(cam, aff, idx_from, idx_to, beta, 2**logt)
-        step = transition_weights(aff.to(cam.dtype), idx_from, idx_to, n, beta)
+        step = transition_weights(aff.double(), idx_from, idx_to, n, beta).to(cam.dtype)
         x = cam.reshape(b, k, n).transpose(1, 2).reshape(b * n, k).contiguous()  # (B*N, K)
         for _ in range(2**logt):
             x = step @ x
@@ -130,9 +130,8 @@ def propagate(
     if cam.shape[0] != feat.shape[0] or cam.shape[2:] != feat.shape[2:]:
         raise ValueError(f"cam {tuple(cam.shape)} and feat {tuple(feat.shape)} disagree on batch or grid size")
     h, w = cam.shape[2:]
-    idx_from, idx_to = pair_indices(h, w, radius, reference=reference_pairs, device=feat.device)
     with torch.no_grad():
-        aff = pair_affinity(feat, idx_from, idx_to)
+        aff = radius_pair_affinity(feat, radius, reference=reference_pairs)
     out = propagate_with_affinity(
         cam, aff.to(cam.device), h, w, radius, beta=beta, logt=logt, reference_pairs=reference_pairs, method=method
     )

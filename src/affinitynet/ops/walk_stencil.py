@@ -131,7 +131,7 @@ def propagate_stencil(
     if beta <= 0:
         raise ValueError(f"beta must be > 0, got {beta}")
     b, k, h, w = cam.shape
-    offsets, weights, pad = stencil_weights(aff.to(cam.dtype), idx_from.cpu(), idx_to.cpu(), h, w, beta)
+    offsets, weights, pad = stencil_weights(aff.double(), idx_from.cpu(), idx_to.cpu(), h, w, beta)
     dtype = np.float32 if cam.dtype == torch.float32 else np.float64
     wp, hp = w + 2 * pad, h + 2 * pad
     plane = hp * wp + 2 * pad  # pad elements of slack at both ends: the shifted reads stay inside the plane

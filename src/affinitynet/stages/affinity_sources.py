@@ -15,8 +15,8 @@ from ..conventions import STRIDE
 from ..errors import ConfigError
 from ..models import build_affinitynet, build_boundary
 from ..models.boundary import STRIDE as BOUNDARY_STRIDE
-from ..ops.affinity import pair_affinity
-from ..ops.pairs import pair_indices, reference_subset
+from ..ops.affinity import radius_pair_affinity
+from ..ops.pairs import reference_subset
 from ..ops.paths import path_max_affinity
 from ..accel import AccelOptions
 from .common import build_trained
@@ -55,9 +55,7 @@ class AffinityNetAffinity(AffinitySource):
 
     def __call__(self, x, radius, reference):
         with torch.inference_mode():
-            feat = self.model(x.to(self.device))
-            h, w = feat.shape[-2:]
-            return pair_affinity(feat, *pair_indices(h, w, radius, reference=reference, device=feat.device)), None
+            return radius_pair_affinity(self.model(x.to(self.device)), radius, reference=reference), None
 
 
 class BoundaryAffinity(AffinitySource):

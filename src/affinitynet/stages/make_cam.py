@@ -11,12 +11,17 @@ An image whose largest scale would exceed ``cam.max_long_side`` is shrunk first;
 """
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
+
 import numpy as np
 
 from ..accel import SameSizeBatches
+from ..dist import shard
 from ..io import load_cam, save_cam, write_json
 from ..ops.metrics import cam_sweep, scores
 from ..visualize import cam_overlay
+from ..overlap import Behind
 from .cam_sources import cam_source
 from .common import scoring_set, scoring_split
 
@@ -45,37 +50,50 @@ def evaluate_cams(ctx, names=None) -> dict:
     return result
 
 
-def same_size_batches(ctx, ds, source, output_of) -> SameSizeBatches:
-    """make_cam's work when ``runtime.batch_images`` > 1: images of one size share their forward passes."""
-    from ..dist import shard
+@dataclass
+class _Inputs:
+    """One image's inputs for the CAM source: ``inputs`` of its decoded pixels, and its tags (DataLoader workers run it)."""
 
-    def load(name):
-        return ds.load_image(name), ds.load_labels(name)
+    dataset: object
+    inputs: Callable
 
-    def run(names, inputs):
-        images, tags = zip(*inputs)
-        for name, (keys, maps) in zip(names, source.batch(names, list(images), list(tags))):
-            save_cam(output_of(name), keys, maps)
-
-    return SameSizeBatches(shard(list(ds.names), ctx.rank, ctx.world_size), output_of, load, run,
-                           ctx.cfg.runtime.batch_images)
+    def __call__(self, name: str):
+        return self.inputs(self.dataset.load_image(name)), self.dataset.load_labels(name)
 
 
 def run(ctx) -> dict:
-    """Write ``cam/{name}.npz`` for every training image; score CAM labels when masks exist."""
+    """Write ``cam/{name}.npz`` for every training image; score CAM labels when masks exist.
+
+    Images are decoded and prepared ahead (``runtime.num_workers`` DataLoader workers), and the files are
+    written by a thread while the network goes on with the next images.
+    """
     cfg = ctx.cfg.cam
     ds = ctx.train_set
     layout = ctx.layout
     source = cam_source(ctx)
+    writer = Behind.writer()
 
-    def one_image(name: str) -> None:
-        save_cam(layout.cam(name), *source(name, ds.load_image(name), ds.load_labels(name)))
+    def save(name: str, keys, maps) -> None:
+        writer.submit(save_cam, layout.cam(name), keys, maps, path=layout.cam(name))
 
-    batched = ctx.cfg.runtime.batch_images > 1 and hasattr(source, "batch")
-    work = same_size_batches(ctx, ds, source, layout.cam) if batched else one_image
+    def one_image(name: str, item) -> None:
+        image, tags = item
+        save(name, *source(name, image, tags))
 
+    def group(names, items) -> None:
+        images, tags = zip(*items)
+        for name, (keys, maps) in zip(names, source.batch(names, list(images), list(tags))):
+            save(name, keys, maps)
+
+    around = [writer]
+    work = one_image
+    if ctx.cfg.runtime.batch_images > 1 and hasattr(source, "batch"):
+        run_group = ctx.memory_report(group, "make_cam", "cam.max_long_side", ds.image_path)
+        work = SameSizeBatches(shard(list(ds.names), ctx.rank, ctx.world_size), run_group,
+                               ctx.cfg.runtime.batch_images, key=lambda item: tuple(item[0].size))
+        around.append(work)  # exits first: its last groups go to the writer before the writer finishes
     counts = ctx.map_images(ds.names, layout.cam, work, desc="make_cam", image_of=ds.image_path,
-                            memory_key="cam.max_long_side")
+                            memory_key="cam.max_long_side", inputs=_Inputs(ds, source.inputs()), around=around)
     summary = {"images": len(ds), "computed": counts["done"]}
     if ctx.is_main and cfg.overlays > 0:
         from ..visualize import save_rgb
