@@ -44,11 +44,18 @@ def python_cli(*args, cwd=None, timeout=300) -> subprocess.CompletedProcess:
                           text=True, timeout=timeout, env=_env())
 
 
-def _env() -> dict:
+SLOW_DISK = Path(__file__).parent / "slow_disk"  # sitecustomize.py: FAULTS_SLOW_WRITES=SECONDS slows CAM writes
+
+
+def _env(extra: dict | None = None) -> dict:
     env = dict(os.environ)
     env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONUNBUFFERED="1")
     env.pop("RANK", None)
     env.pop("WORLD_SIZE", None)
+    if extra:
+        env.update(extra)
+        if "FAULTS_SLOW_WRITES" in extra:
+            env["PYTHONPATH"] = os.pathsep.join(p for p in (str(SLOW_DISK), env.get("PYTHONPATH", "")) if p)
     return env
 
 
@@ -139,15 +146,15 @@ def kill_when(argv, run_dir, ready, *, timeout=240.0, poll=0.003) -> tuple[int, 
     return rc, time.time() - t0
 
 
-def start_cli(argv, log, *, new_session: bool = False) -> subprocess.Popen:
+def start_cli(argv, log, *, new_session: bool = False, env: dict | None = None) -> subprocess.Popen:
     """``python -m affinitynet ARGV`` in the background, stdout and stderr into the file ``log``.
 
     ``new_session``: in a process group of its own, so that a signal can go to the whole group (as a
-    terminal's Ctrl-C does) without reaching the tests.
+    terminal's Ctrl-C does) without reaching the tests. ``env``: extra environment variables (``_env``).
     """
     with open(log, "w") as f:
         return subprocess.Popen([sys.executable, "-m", "affinitynet", *map(str, argv)], stdout=f, stderr=f,
-                                env=_env(), start_new_session=new_session)
+                                env=_env(env), start_new_session=new_session)
 
 
 def wait_for(condition, *, timeout=240.0, poll=0.003, what="condition") -> None:
@@ -180,7 +187,7 @@ def alive(pid: int) -> bool:
         return False
 
 
-def signal_when(argv, run_dir, ready, sig, *, group=False, timeout=240.0, poll=0.003):
+def signal_when(argv, run_dir, ready, sig, *, group=False, timeout=240.0, poll=0.003, env=None):
     """Start ``python -m affinitynet ARGV`` and send it ``sig`` as soon as ``ready(run_dir)`` holds (to its whole
     process group with ``group``, as a terminal's Ctrl-C does).
 
@@ -188,7 +195,7 @@ def signal_when(argv, run_dir, ready, sig, *, group=False, timeout=240.0, poll=0
     Fails if the process ends by itself before ``ready`` ever held.
     """
     log = Path(run_dir).parent / f"{Path(run_dir).name}.signalled.log"
-    proc = start_cli(argv, log, new_session=group)
+    proc = start_cli(argv, log, new_session=group, env=env)
     try:
         wait_for(lambda: proc.poll() is not None or ready(Path(run_dir)), timeout=timeout, poll=poll,
                  what=f"{argv}: ready")

@@ -471,19 +471,19 @@ SIGNALS = {
     "sigterm_in_train_cam": (signal.SIGTERM, False, "train_cam", ("cam.epochs=4",), "classifier", "last.pt", None),
 }
 
+# make_cam writes its files behind the network and ends 32 tiny images in under a second: a slow disk
+# (0.25 s a file, ``faultkit.SLOW_DISK``) keeps it running for about 8 s, so that the signal lands mid-stage
+SLOW = {"ctrl_c_in_make_cam": {"FAULTS_SLOW_WRITES": "0.25"}}
+
 
 @pytest.mark.parametrize("case", list(SIGNALS))
 def test_a_signal_stops_the_run_within_seconds_and_the_rerun_resumes(case, reference_run, synth_root, tmp_path):
-    if case == "ctrl_c_in_make_cam":
-        # make_cam now writes its files behind the network and finishes the 32 tiny images in under a second, so
-        # the signal lands after the stage has ended; Ctrl-C after a few of 200 images stops it with 130 (by hand)
-        pytest.skip("the stage ends before the signal lands: needs a longer make_cam than the shared FAST settings")
     sig, group, stage, extra, folder, pattern, total = SIGNALS[case]
     run = copy_run(reference_run, tmp_path / "run")
     shutil.rmtree(run / folder)
     argv = run_cmd(run, synth_root, *extra, args=["--to", stage])
     rc, seconds, output, children = signal_when(argv, run, lambda r: any((r / folder).glob(pattern)), sig,
-                                                group=group)
+                                                group=group, env=SLOW.get(case))
     assert rc == 128 + sig, output[-3000:]
     assert "Traceback" not in output, output[-3000:]
     stopped = "interrupted" if sig == signal.SIGINT else "stopped by SIGTERM"
