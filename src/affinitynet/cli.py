@@ -1,4 +1,4 @@
-"""The ``affinitynet`` command line: run, demo, data synth, eval, predict, sweep, export, check."""
+"""The ``affinitynet`` command line: run, demo, data synth, eval, predict, sweep, calibrate, export, check."""
 from __future__ import annotations
 
 import argparse
@@ -76,6 +76,15 @@ def cmd_sweep(args) -> int:
     from .commands.sweep import sweep_command
 
     sweep_command(Path(args.run_dir), args.stage, args.param, device=args.device)
+    return 0
+
+
+def cmd_calibrate(args) -> int:
+    from .commands.calibrate import calibrate_command
+
+    calibrate_command(Path(args.run_dir), args.stage, args.param, masks=args.masks, seed=args.seed,
+                      json_path=Path(args.json) if args.json else None, apply=args.apply, device=args.device,
+                      values=args.values, images=args.images)
     return 0
 
 
@@ -184,6 +193,33 @@ def build_parser() -> argparse.ArgumentParser:
                     "bg_threshold=0.1,0.15,0.2")
     sw.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     sw.set_defaults(func=cmd_sweep)
+
+    ca = sub.add_parser("calibrate", help="choose a threshold of a finished run with a few masks, or with none",
+                        description="Choose the CAM background threshold (--stage cam --param bg_threshold) or the "
+                        "walk's background (--stage random_walk --param alpha, or bg_threshold with "
+                        "random_walk.background=threshold) from the run's saved files. With --masks N: the best "
+                        "mIoU on N images drawn (--seed) from those that have masks. Without: label-free, the lowest "
+                        "normalised cut of the walk's affinity graph; no mask is read. Prints the candidates, the "
+                        "choice, how stable it is over bootstrap resamples of the images, and the --set line that "
+                        "applies it. See docs/calibration.md.")
+    ca.add_argument("run_dir", help="a run directory (make_cam done; random_walk done for the walk's settings and "
+                                    "for the label-free choice)")
+    ca.add_argument("--stage", required=True, choices=("cam", "random_walk"), help="whose labels the value sets")
+    ca.add_argument("--param", required=True, choices=("bg_threshold", "alpha"), help="the parameter to choose")
+    ca.add_argument("--masks", type=int, default=None, metavar="N",
+                    help="choose by mIoU on N images that have masks (default: label-free, no mask read)")
+    ca.add_argument("--seed", type=int, default=0, help="draws the N images, and the bootstrap (default 0)")
+    ca.add_argument("--json", default=None, metavar="PATH",
+                    help='write {"stage", "param", "value", "method", "masks_used", ...} to PATH')
+    ca.add_argument("--apply", action="store_true",
+                    help="rewrite the stage's outputs at the chosen value from the saved files and record it in "
+                         "the run's config; later stages redo on the next 'affinitynet run' with the printed --set")
+    ca.add_argument("--values", type=float, nargs="+", default=None, metavar="V",
+                    help="the candidate values (default: a grid around the usual settings; the config's is added)")
+    ca.add_argument("--images", type=int, default=0, metavar="N",
+                    help="label-free: read N training images drawn with --seed (default: all)")
+    ca.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    ca.set_defaults(func=cmd_calibrate)
 
     ex = sub.add_parser("export", help="write a run's labels for other tools (VOC aug, VOC test server, ...)",
                         description="Formats: index (8-bit class-id PNGs, 255 ignored), palette (VOC palette "

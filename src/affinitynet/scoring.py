@@ -43,14 +43,16 @@ def accumulate_shared(dataset, names, predict, *, rank: int = 0, world: int = 1,
 
 def score_labels(path_of: Callable[[str], Path], dataset, names=None, *, rank: int = 0, world: int = 1,
                  **kw) -> dict:
-    """mIoU etc. of the label PNGs ``path_of(name)`` for every image of ``dataset`` (a missing one -> DataError);
-    with ``world`` > 1 every process of the job calls it and scores its share (``accumulate_shared``)."""
-    names = list(dataset.names if names is None else names)
+    """mIoU etc. of the label PNGs ``path_of(name)`` for every image of ``dataset`` that has a mask (a missing
+    prediction -> DataError); ``images`` is how many were scored, ``unmasked`` how many were left out for want of
+    a mask. With ``world`` > 1 every process of the job calls it and scores its share (``accumulate_shared``)."""
+    asked = list(dataset.names if names is None else names)
+    names = dataset.mask_names(asked)
     missing = [n for n in names if not path_of(n).exists()]
     if missing:
         raise DataError(path_of(missing[0]), f"prediction missing ({len(missing)} of {len(names)} images have none)")
     conf = accumulate_shared(dataset, names, lambda n: load_label_png(path_of(n)), rank=rank, world=world, **kw)
-    return dict(scores(conf, dataset.label_names), images=len(names))
+    return dict(scores(conf, dataset.label_names), images=len(names), unmasked=len(asked) - len(names))
 
 
 def score_label_dir(pred_dir: Path, dataset, names=None, **kw) -> dict:

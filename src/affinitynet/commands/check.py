@@ -63,6 +63,7 @@ def check_split(ds, report: CheckReport, *, progress=None, desc: str = "check") 
     """Decode every image of ``ds``, read its tags and check its mask; adds problems; returns images checked."""
     it = progress(ds.names, desc=desc) if progress else ds.names
     mask_root = getattr(ds, "mask_root", None)
+    unmasked = 0
     for name in it:
         for step in (ds.load_image, ds.load_labels):
             try:
@@ -73,12 +74,16 @@ def check_split(ds, report: CheckReport, *, progress=None, desc: str = "check") 
             continue
         path = ds.mask_path(name)
         if path is not None and not Path(path).is_file():
-            report.add(path, f"mask missing (the split has masks in {mask_root})")
+            unmasked += 1  # scores use the images that have masks
             continue
         try:
             ds.load_mask(name)
         except DataError as e:
             report.add(e.path, e.problem)
+    if unmasked:
+        have = len(ds.names) - unmasked
+        report.notes.append(f"{mask_root}: {unmasked} of the {len(ds.names)} images of {desc.removeprefix('check ')} have no mask; scores use "
+                            f"the {have} that have one" + ("" if have else " (none: nothing is scored)"))
     return len(ds.names)
 
 

@@ -57,6 +57,22 @@ class SegDataset(torch.utils.data.Dataset):
         """Whether this split has ground-truth masks (``load_mask`` may still give None for single images)."""
         return False
 
+    def mask_names(self, names=None) -> list[str]:
+        """The names (of ``names``, default the split) that have a mask, in order: scores use these images only.
+
+        A split may have masks for some images only (a folder of tagged photos with masks for ten of them);
+        the others are left out of every score, and the scores say how many images they used.
+        """
+        names = self.names if names is None else list(names)
+        if not self.has_masks:
+            return []
+        out = []
+        for name in names:
+            path = self.mask_path(name)
+            if path is None or path.is_file():  # None while the split has masks: masks rendered, not read (COCO)
+                out.append(name)
+        return out
+
     def image_size(self, name: str) -> tuple[int, int]:
         """(H, W) of the image as displayed (EXIF orientation applied), read from the file header."""
         return io.image_size(self.image_path(name))

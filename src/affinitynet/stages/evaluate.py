@@ -45,15 +45,17 @@ def cam_crf_label(image: np.ndarray, keys: np.ndarray, maps: np.ndarray, bg_thre
 
 def _score_with(ctx, predict, desc: str) -> dict:
     ds = scoring_set(ctx)
-    conf = accumulate_shared(ds, ds.names, predict, rank=ctx.rank, world=ctx.world_size, progress=ctx.progress,
+    names = ds.mask_names()
+    conf = accumulate_shared(ds, names, predict, rank=ctx.rank, world=ctx.world_size, progress=ctx.progress,
                              desc=desc)
-    return dict(scores(conf, ds.label_names), images=len(ds), split=scoring_split(ctx), crf=True)
+    return dict(scores(conf, ds.label_names), images=len(names), unmasked=len(ds) - len(names),
+                split=scoring_split(ctx), crf=True)
 
 
 def crf_plan(ctx, metrics: dict) -> list[str]:
     """The ``*_crf`` rows this run can add: those whose stage has scores and outputs and applies no CRF itself."""
     layout, cfg, rows = ctx.layout, ctx.cfg, []
-    names = scoring_set(ctx).names if ("cam" in metrics or "random_walk" in metrics) else []
+    names = scoring_set(ctx).mask_names() if ("cam" in metrics or "random_walk" in metrics) else []
     if "cam" in metrics and all(layout.cam(n).is_file() for n in names):
         rows.append("cam_crf")
     if "random_walk" in metrics and not cfg.random_walk.crf and all(layout.walk_scores(n).is_file() for n in names):

@@ -77,7 +77,8 @@ def confident_region_quality(dataset, names, label_of) -> dict:
         return 100.0 * a / b if b else None
 
     return {"fg_precision": pct(fg_right, fg_all), "bg_precision": pct(bg_right, bg_all),
-            "ignored": pct(ignored, total), "fg_fraction": pct(fg_all, total), "bg_fraction": pct(bg_all, total)}
+            "ignored": pct(ignored, total), "fg_fraction": pct(fg_all, total), "bg_fraction": pct(bg_all, total),
+            "images": len(names)}
 
 
 def run(ctx) -> dict:
@@ -97,8 +98,8 @@ def run(ctx) -> dict:
     counts = ctx.map_images(ds.names, layout.affinity_label, work, desc="make_affinity_labels", workers=cfg.workers)
     summary = {"images": len(ds), "computed": counts["done"]}
     if ctx.is_main and ds.has_masks:
-        q = confident_region_quality(ds, ds.names, lambda n: load_label_png(layout.affinity_label(n)))
+        q = confident_region_quality(ds, ds.mask_names(), lambda n: load_label_png(layout.affinity_label(n)))
         write_json(layout.stage_metrics(ctx.stage), q)
-        summary.update({k: round(v, 2) for k, v in q.items() if v is not None and k != "fg_fraction"
-                        and k != "bg_fraction"})
+        summary.update({k: round(v, 2) for k, v in q.items() if v is not None and k not in ("fg_fraction",
+                                                                                           "bg_fraction", "images")})
     return summary

@@ -33,7 +33,8 @@ def evaluate_cams(ctx, names=None) -> dict:
     headline (``best_threshold``, ``miou_best``), never as it.
     """
     ds = scoring_set(ctx)
-    names = ds.names if names is None else names
+    asked = ds.names if names is None else names
+    names = ds.mask_names(asked)  # images without a mask are left out (``unmasked`` counts them)
     thresholds = sorted(set(ctx.cfg.eval.cam_sweep) | {ctx.cfg.eval.cam_bg_threshold})
     k = ds.num_classes + 1
     conf = np.zeros((len(thresholds), k, k + 1), dtype=np.int64)
@@ -45,7 +46,7 @@ def evaluate_cams(ctx, names=None) -> dict:
     default = thresholds.index(ctx.cfg.eval.cam_bg_threshold)
     result = dict(per[default])
     result.update(threshold=thresholds[default], best_threshold=thresholds[best], miou_best=per[best]["miou"],
-                  images=len(names), split=scoring_split(ctx),
+                  images=len(names), unmasked=len(asked) - len(names), split=scoring_split(ctx),
                   sweep={f"{t:g}": round(p["miou"], 2) for t, p in zip(thresholds, per)})
     return result
 

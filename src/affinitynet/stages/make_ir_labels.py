@@ -48,8 +48,8 @@ def run(ctx) -> dict:
                             workers=cfg.workers)
     summary = {"images": len(ds), "computed": counts["done"]}
     if ctx.is_main and ds.has_masks:
-        q = confident_region_quality(ds, ds.names, lambda n: load_label_png(layout.ir_label(n)))
+        q = confident_region_quality(ds, ds.mask_names(), lambda n: load_label_png(layout.ir_label(n)))
         write_json(layout.stage_metrics(ctx.stage), q)
         summary.update({k: round(v, 2) for k, v in q.items() if v is not None and k not in ("fg_fraction",
-                                                                                           "bg_fraction")})
+                                                                                           "bg_fraction", "images")})
     return summary

@@ -85,7 +85,7 @@ def affinity_ap(model, dataset, device, radius: int, limit: int = VAL_IMAGES, *,
     """
     model.eval()
     per_image = []
-    for name in dataset.names[:limit]:
+    for name in dataset.mask_names()[:limit]:
         image = shrink_image(dataset.load_image(name), max_long_side)
         h, w = image.shape[:2]
         (gh, gw), pad = stride_grid(h, w, stride)

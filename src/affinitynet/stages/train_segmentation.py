@@ -84,7 +84,8 @@ def segmentation_miou(model, dataset, device, *, scales=(1.0,), flip=False, limi
         return predict_label(model, dataset.load_image(name), device, scales=scales, flip=flip,
                              max_long_side=max_long_side)
 
-    return scores(accumulate(dataset, dataset.names[:limit], predict, target=target), dataset.label_names)
+    names = dataset.names if target is not None else dataset.mask_names()
+    return scores(accumulate(dataset, names[:limit], predict, target=target), dataset.label_names)
 
 
 def build_network(ctx, num_classes: int):

@@ -1,0 +1,120 @@
+"""How well each way of choosing a threshold does on finished runs: the preset's value, the best with every mask, the
+choice with a few masks (several random draws), and the label-free choice (``affinitynet calibrate``).
+
+    python benchmarks/calibration_table.py RUN_DIR [RUN_DIR ...] [--masks 10] [--draws 20] [--json PATH]
+
+For each run and each parameter its walk allows (``cam bg_threshold``; ``random_walk alpha`` or ``bg_threshold``),
+one pass over the training images gives every candidate's per-image confusion and normalised cut; the draws of
+masks, the bootstrap and the label-free choice then only add them up. Every mIoU is on all the run's masks (the
+figure a user gets), whichever images chose the value. Also printed: the label-free criteria that were tried
+beside the one ``calibrate`` uses (the cut on the raw affinities, beta 1; Otsu's threshold of the CAM peaks).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+import numpy as np
+import torch
+
+from affinitynet.commands.calibrate import CANDIDATES, choose_by_cut, choose_by_masks, evaluate, miou_of
+from affinitynet.commands.sweep import run_context
+from affinitynet.io import load_cam
+
+
+def otsu(values: np.ndarray, bins: int = 256) -> float:
+    """Otsu's threshold of samples in [0, 1]: the split that maximises the between-class variance."""
+    hist, edges = np.histogram(np.clip(values, 0, 1), bins=bins, range=(0, 1))
+    p = hist / max(hist.sum(), 1)
+    centres = (edges[:-1] + edges[1:]) / 2
+    w0 = np.cumsum(p)
+    mu = np.cumsum(p * centres)
+    between = (mu[-1] * w0 - mu) ** 2 / np.maximum(w0 * (1 - w0), 1e-12)
+    return float(edges[1:][np.argmax(between)])
+
+
+def cam_peaks(ctx, names, per_image: int = 4000, seed: int = 0) -> np.ndarray:
+    """Samples of the per-pixel CAM maximum over the images (at most ``per_image`` pixels each)."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for name in names:
+        _, maps = load_cam(ctx.layout.cam(name))
+        peak = maps.max(0).reshape(-1) if len(maps) else np.zeros(1)
+        out.append(peak[rng.choice(peak.size, min(per_image, peak.size), replace=False)])
+    return np.concatenate(out)
+
+
+def table_for(run_dir, stage, param, masks: int, draws: int, seed: int) -> dict:
+    ctx = run_context(run_dir, "cpu")
+    cfg = ctx.cfg
+    current = cfg.eval.cam_bg_threshold if stage == "cam" else getattr(cfg.random_walk, param)
+    values = sorted(set(CANDIDATES[(stage, param)]) | {current})
+    ds = ctx.train_set
+    names = list(ds.names)
+    masked = ds.mask_names()
+    with torch.inference_mode():
+        conf, cut, _ = evaluate(ctx, stage, param, values, names, masked=masked, need_cut=True,
+                                progress_desc=f"{run_dir} {stage} {param}")
+        _, cut_raw, _ = evaluate(ctx, stage, param, values, names, need_cut=True, cut_beta=1.0,
+                                 progress_desc=f"{run_dir} {stage} {param} (beta 1)")
+    miou = [miou_of(c) for c in conf.sum(0)]
+    best = int(np.argmax(miou))
+    rng = np.random.default_rng(seed)
+    index = {n: i for i, n in enumerate(masked)}
+    picks = []
+    for _ in range(draws):
+        drawn = [index[n] for n in rng.choice(masked, masks, replace=False)]
+        picks.append(choose_by_masks(conf[drawn]))
+    few = np.array([miou[i] for i in picks])
+    free, free_raw = choose_by_cut(cut), choose_by_cut(cut_raw)
+    row = {"run": str(run_dir), "stage": stage, "param": param, "images": len(names), "masked": len(masked),
+           "values": values, "miou": [round(m, 2) for m in miou], "cut": [round(float(c), 5) for c in cut.mean(0)],
+           "default": current, "default_miou": miou[values.index(current)],
+           "best": values[best], "best_miou": miou[best],
+           "few_values": [values[i] for i in picks], "few_mean": float(few.mean()), "few_std": float(few.std()),
+           "free": values[free], "free_miou": miou[free], "free_raw": values[free_raw], "free_raw_miou": miou[free_raw]}
+    if stage == "cam":
+        t = otsu(cam_peaks(ctx, names, seed=seed))
+        near = int(np.argmin([abs(v - t) for v in values]))
+        row.update(otsu=round(t, 3), otsu_miou=miou[near])
+    return row
+
+
+def params_of(run_dir) -> list[tuple[str, str]]:
+    ctx = run_context(run_dir, "cpu")
+    walk = ("random_walk", "alpha") if ctx.cfg.random_walk.background == "power" else ("random_walk", "bg_threshold")
+    return [("cam", "bg_threshold"), walk]
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("runs", nargs="+")
+    p.add_argument("--masks", type=int, default=10)
+    p.add_argument("--draws", type=int, default=20)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", default="")
+    a = p.parse_args(argv)
+    torch.set_num_threads(1)
+    rows = [table_for(r, s, q, a.masks, a.draws, a.seed) for r in a.runs for s, q in params_of(r)]
+    print("| run | parameter | default (mIoU) | best, all masks | 10 masks: mIoU mean +- sd (values) | label-free "
+          "(loss vs best) | cut at beta 1 | Otsu |")
+    print("|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        vals = ",".join(f"{v:g}" for v in sorted(set(r["few_values"])))
+        otsu_cell = f"{r['otsu']:g} ({r['otsu_miou']:.1f})" if "otsu" in r else "-"
+        print(f"| {r['run']} | {r['stage']} {r['param']} | {r['default']:g} ({r['default_miou']:.1f}) | "
+              f"{r['best']:g} ({r['best_miou']:.1f}) | {r['few_mean']:.1f} +- {r['few_std']:.1f} ({vals}) | "
+              f"{r['free']:g} ({r['free_miou']:.1f}, {r['free_miou'] - r['best_miou']:+.1f}) | "
+              f"{r['free_raw']:g} ({r['free_raw_miou']:.1f}) | {otsu_cell} |")
+    for r in rows:
+        print(f"{r['run']} {r['stage']} {r['param']}: " + "  ".join(
+            f"{v:g}:{m:.1f}/{c:.4f}" for v, m, c in zip(r["values"], r["miou"], r["cut"])))
+    if a.json:
+        with open(a.json, "w") as f:
+            json.dump(rows, f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
