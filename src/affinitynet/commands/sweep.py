@@ -79,7 +79,7 @@ def sweep_cam(ctx, values) -> list[np.ndarray]:
     ds = scoring_set(ctx)
     k = ds.num_classes + 1
     conf = np.zeros((len(values), k, k + 1), dtype=np.int64)
-    for name in ctx.progress(ds.names, desc="sweep cam"):
+    for name in ctx.progress(ds.mask_names(), desc="sweep cam"):
         keys, maps = load_cam(ctx.layout.cam(name))
         conf += cam_sweep(maps, keys, ds.load_mask(name), values, k)
     return list(conf)
@@ -98,7 +98,7 @@ def relabel_walk(ctx, values) -> list[np.ndarray]:
     ds = scoring_set(ctx)
     k = ds.num_classes + 1
     conf = np.zeros((len(values), k, k + 1), dtype=np.int64)
-    for name in ctx.progress(ds.names, desc="sweep random_walk bg_threshold"):
+    for name in ctx.progress(ds.mask_names(), desc="sweep random_walk bg_threshold"):
         z = load_npz(require(ctx.layout.walk_scores(name), "random_walk"))
         out = torch.from_numpy(z["scores"]).unsqueeze(0)
         g = walk_grid(*z["size"].tolist(), rw, int(z["stride"]))
@@ -128,7 +128,7 @@ def sweep_walk(ctx, param: str, values) -> tuple[list[np.ndarray], str]:
     conf = np.zeros((len(values), k, k + 1), dtype=np.int64)
     settings = [dataclasses.replace(rw, **{param: v}) for v in values]
     source, computed = None, 0
-    for name in ctx.progress(ds.names, desc=f"sweep random_walk {param}"):
+    for name in ctx.progress(ds.mask_names(), desc=f"sweep random_walk {param}"):
         image = ds.load_image(name)
         keys, maps = load_cam(layout.cam(name))
         cached = layout.walk_affinity(name)
@@ -144,13 +144,14 @@ def sweep_walk(ctx, param: str, values) -> tuple[list[np.ndarray], str]:
             out = walk_from_affinity(g, maps, aff, s, ctx.device, weight)
             label = walk_label(grid_to_image(out, g.size, g.scaled, g.stride), keys, image, s.crf)
             conf[i] += confusion_matrix(label, gt, k)
-    where = "cached" if computed == 0 else f"computed for {computed} of {len(ds)} images (no cache)"
+    where = "cached" if computed == 0 else f"computed for {computed} of {len(ds.mask_names())} images (no cache)"
     return list(conf), where
 
 
 def format_sweep(result: dict) -> str:
     """The sweep as a console table: value, mIoU, the best marked, the config's own value noted."""
-    lines = [f"{result['stage']} {result['param']}  ({result['split']}, {result['images']} images, "
+    left_out = f", {result['unmasked']} without masks left out" if result.get("unmasked") else ""
+    lines = [f"{result['stage']} {result['param']}  ({result['split']}, {result['images']} images{left_out}, "
              f"{result['seconds']:.1f} s)", f"{result['param']:>12}  {'mIoU':>7}"]
     best = int(np.argmax(result["miou"]))
     for i, (v, m) in enumerate(zip(result["values"], result["miou"])):
@@ -183,11 +184,12 @@ def sweep_command(run_dir: Path, stage: str, param_text: str, *, device: str = "
     seconds = time.perf_counter() - t0
     per = [scores(c, ds.label_names) for c in confs]
     result = {"stage": stage, "param": param, "values": values, "miou": [round(p["miou"], 4) for p in per],
-              "current": current, "split": scoring_split(ctx), "images": len(ds), "seconds": round(seconds, 3),
+              "current": current, "split": scoring_split(ctx), "images": len(ds.mask_names()),
+              "unmasked": len(ds) - len(ds.mask_names()), "seconds": round(seconds, 3),
               "inputs": where}
     layout = ctx.layout
     write_json(layout.sweep(stage, param), result)
-    title = f"{stage}: mIoU over {param} ({result['split']}, {len(ds)} images)"
+    title = f"{stage}: mIoU over {param} ({result['split']}, {result['images']} images)"
     save_rgb(layout.sweep(stage, param, ".png"), line_chart_png(list(zip(values, result["miou"])), title=title,
                                                                 xlabel=param, ylabel="mIoU (%)", mark=current))
     if layout.report.is_file():

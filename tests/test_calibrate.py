@@ -1,0 +1,203 @@
+"""``affinitynet calibrate`` and scores over partial masks: the images without masks are left out and counted, the
+label-free criterion's arithmetic, a value applied to a run equals a re-run at that value, the command's contract."""
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from affinitynet import cli, config, runner
+from affinitynet.commands.calibrate import (apply_value, calibrate_command, choose_by_cut, choose_by_masks, miou_of,
+                                            normalized_cut, stability)
+from affinitynet.commands.sweep import run_context
+from affinitynet.data import SegDataset
+from affinitynet.errors import ConfigError
+from affinitynet.layout import RunLayout
+from affinitynet.ops.metrics import confusion_matrix, scores
+from affinitynet.scoring import score_labels
+
+TINY = ["data.synthetic.train=16", "data.synthetic.val=4", "data.synthetic.size=64", "data.synthetic.classes=3",
+        "cam.epochs=4", "affinitynet.epochs=2", "cam.batch_size=4", "affinitynet.batch_size=4", "cam.crop_size=64",
+        "affinitynet.crop_size=64", "cam.resize_long=[56,72]", "affinitynet.resize_long=[56,72]", "cam.scales=[1.0]",
+        "cam.overlays=0", "affinity_labels.workers=1", "runtime.device=cpu", "runtime.threads=1",
+        "runtime.progress=false", "random_walk.scale=1.0", "random_walk.cache_affinity=true"]
+
+
+def _cfg(root, *extra):
+    return config.load(config.resolve_config_path("synthetic_cpu"), [f"data.root={root}", *TINY, *extra])
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    """A tiny run up to the walk, with the walk's affinity cache (built once, copied before changes)."""
+    base = tmp_path_factory.mktemp("calibrate")
+    out = base / "run"
+    runner.run_pipeline(_cfg(base / "data"), out, stop="random_walk", verbose=False)
+    return out
+
+
+def _copy(run, tmp_path, name="run"):
+    return shutil.copytree(run, tmp_path / name, symlinks=True)
+
+
+def _masks(run_dir):
+    return RunLayout(run_dir), config.load(RunLayout(run_dir).config).data.root
+
+
+# ----------------------------------------------------------------------------- the criterion by hand
+
+def test_normalized_cut_on_a_hand_built_graph():
+    # 4 nodes in a chain 0-1-2-3 with weights 1, 0.1, 1 (degrees 1, 1.1, 1.1, 1): {0, 1} | {2, 3} cuts 0.1 of 2.1 each
+    idx_from, idx_to = np.array([0, 1, 2]), np.array([1, 2, 3])
+    w = np.array([1.0, 0.1, 1.0])
+    good = normalized_cut(np.array([0, 0, 5, 5]), w, idx_from, idx_to, regions=[0, 5])
+    assert good == pytest.approx(0.1 / 2.1)
+    # {0} | {1, 2, 3}: region 0 cuts 1 of its degree 1; region 5 cuts 1 of 1.1 + 1.1 + 1 = 3.2
+    bad = normalized_cut(np.array([0, 5, 5, 5]), w, idx_from, idx_to, regions=[0, 5])
+    assert bad == pytest.approx((1.0 + 1 / 3.2) / 2)
+    # a tagged class with no node counts 1 (all background would otherwise cut nothing)
+    assert normalized_cut(np.zeros(4, np.int64), w, idx_from, idx_to, regions=[0, 5]) == pytest.approx(0.5)
+    # pairs with an end outside the valid nodes are left out
+    valid = np.array([True, True, True, False])
+    assert normalized_cut(np.array([0, 0, 5, 5]), w, idx_from, idx_to, [0, 5], valid) == pytest.approx(
+        (0.1 / 2.1 + 0.1 / 0.1) / 2)
+
+
+def test_choosers_and_stability():
+    cut = np.array([[0.3, 0.1, 0.2], [0.4, 0.2, 0.1], [0.3, 0.1, 0.3]])
+    assert choose_by_cut(cut) == 1
+    assert stability(cut, choose_by_cut, 1, seed=0) > 0.5
+    k = 2
+    right = confusion_matrix(np.array([0, 1, 1]), np.array([0, 1, 1]), k)
+    wrong = confusion_matrix(np.array([1, 1, 1]), np.array([0, 1, 1]), k)
+    conf = np.stack([np.stack([wrong, right]), np.stack([wrong, right])])  # (n=2, T=2, K, K + 1)
+    assert choose_by_masks(conf) == 1
+    assert miou_of(right) == pytest.approx(scores(right, ["bg", "a"])["miou"])
+    assert miou_of(wrong) == pytest.approx(scores(wrong, ["bg", "a"])["miou"])
+
+
+# ----------------------------------------------------------------------------- partial masks
+
+def test_scores_leave_out_images_without_masks_and_count_them(run, tmp_path):
+    r = _copy(run, tmp_path)
+    root = tmp_path / "data"
+    shutil.copytree(config.load(RunLayout(r).config).data.root, root)
+    cfg = _cfg(root, "random_walk.cache_affinity=true")
+    ds = _dataset(cfg)
+    gone = ds.names[:10]
+    for name in gone:
+        ds.mask_path(name).unlink()
+    assert ds.mask_names() == ds.names[10:]
+    layout = RunLayout(r)
+    partial = score_labels(layout.pseudo_label, ds)
+    assert (partial["images"], partial["unmasked"]) == (6, 10)
+    full = score_labels(layout.pseudo_label, _dataset(_cfg(config.load(RunLayout(run).config).data.root)),
+                        names=ds.names[10:])
+    assert partial["miou"] == pytest.approx(full["miou"])  # the same 6 images, whatever the others
+    # a stage's own scores say how many images they used
+    runner.run_pipeline(cfg, r, verbose=False)  # data.root changed: every stage redoes on the partial masks
+    cam = json.loads(layout.stage_metrics("make_cam").read_text())
+    walk = json.loads(layout.stage_metrics("random_walk").read_text())
+    assert (cam["images"], cam["unmasked"]) == (6, 10)
+    assert (walk["images"], walk["unmasked"]) == (6, 10)
+    with pytest.raises(ConfigError, match="only 6 of the 16 training images have masks"):
+        calibrate_command(r, "cam", "bg_threshold", masks=8, device="cpu")
+    got = calibrate_command(r, "cam", "bg_threshold", masks=6, device="cpu")
+    assert got["masks_used"] == 6 and got["method"] == "masks"
+
+
+def _dataset(cfg) -> SegDataset:
+    from affinitynet.data import build_dataset
+
+    return build_dataset(cfg.data, cfg.data.train_split)
+
+
+# ----------------------------------------------------------------------------- applying a value
+
+def test_an_applied_walk_value_equals_a_rerun_at_that_value(run, tmp_path, capsys):
+    applied, rerun = _copy(run, tmp_path, "applied"), _copy(run, tmp_path, "rerun")
+    shutil.rmtree(RunLayout(applied).folder("train_affinitynet"))  # the cached affinities are enough: no network
+    apply_value(run_context(applied, "cpu"), "random_walk", "alpha", 4.0)
+    cfg = config.load(RunLayout(rerun).config, ["random_walk.alpha=4"])
+    runner.run_pipeline(cfg, rerun, start="random_walk", stop="random_walk", force=["random_walk"], verbose=False)
+    a, b = RunLayout(applied), RunLayout(rerun)
+    names = sorted(p.name for p in a.folder("random_walk").glob("*.png"))
+    assert len(names) == 16
+    for name in names:
+        assert (a.folder("random_walk") / name).read_bytes() == (b.folder("random_walk") / name).read_bytes(), name
+    for f in sorted((b.folder("random_walk") / "scores").glob("*.npz")):
+        x, y = np.load(f), np.load(a.folder("random_walk") / "scores" / f.name)
+        assert all(np.array_equal(x[k], y[k]) for k in x.files), f.name
+    assert json.loads(a.stage_metrics("random_walk").read_text())["miou"] == pytest.approx(
+        json.loads(b.stage_metrics("random_walk").read_text())["miou"])
+    # the run now holds the value: the same --set skips the walk (and would redo the stages after it)
+    assert config.load(a.config).random_walk.alpha == 4.0
+    shutil.copytree(b.folder("train_affinitynet"), a.folder("train_affinitynet"))
+    results = runner.run_pipeline(config.load(a.config), applied, start="random_walk", stop="random_walk",
+                                  verbose=False)
+    assert [r.status for r in results] == ["skipped"]
+
+
+def test_an_applied_cam_threshold_rescores_the_cams_like_a_rerun(run, tmp_path):
+    applied, rerun = _copy(run, tmp_path, "applied"), _copy(run, tmp_path, "rerun")
+    apply_value(run_context(applied, "cpu"), "cam", "bg_threshold", 0.3)
+    cfg = config.load(RunLayout(rerun).config, ["eval.cam_bg_threshold=0.3"])
+    runner.run_pipeline(cfg, rerun, start="make_cam", stop="make_cam", force=["make_cam"], verbose=False)
+    got = json.loads(RunLayout(applied).stage_metrics("make_cam").read_text())
+    want = json.loads(RunLayout(rerun).stage_metrics("make_cam").read_text())
+    assert got["threshold"] == 0.3 and got["miou"] == pytest.approx(want["miou"])
+
+
+# ----------------------------------------------------------------------------- the command
+
+def test_label_free_reads_no_mask_and_writes_the_contract_json(run, tmp_path, monkeypatch, capsys):
+    r = _copy(run, tmp_path)
+
+    def no_masks(self, name):
+        raise AssertionError(f"the label-free choice read the mask of {name}")
+
+    monkeypatch.setattr(SegDataset, "load_mask", no_masks)
+    for cls in SegDataset.__subclasses__():
+        monkeypatch.setattr(cls, "load_mask", no_masks, raising=False)
+    out = tmp_path / "choice.json"
+    rc = cli.main(["calibrate", str(r), "--stage", "random_walk", "--param", "alpha", "--json", str(out),
+                   "--device", "cpu"])
+    assert rc == 0
+    got = json.loads(out.read_text())
+    assert {k: got[k] for k in ("stage", "param", "method", "masks_used")} == {
+        "stage": "random_walk", "param": "alpha", "method": "label-free", "masks_used": 0}
+    assert got["value"] in got["values"] and got["value"] == got["values"][int(np.argmin(got["score"]))]
+    text = capsys.readouterr().out
+    assert f"--set random_walk.alpha={got['value']:g}" in text and "bootstrap" in text
+
+
+def test_apply_records_the_chosen_value(run, tmp_path, capsys):
+    r = _copy(run, tmp_path)
+    result = calibrate_command(r, "random_walk", "alpha", values=[2.0, 64.0], apply=True, device="cpu")
+    assert config.load(RunLayout(r).config).random_walk.alpha == result["value"]
+    assert f"applied random_walk.alpha={result['value']:g}" in capsys.readouterr().out
+    manifest = json.loads(RunLayout(r).manifest.read_text())["stages"]["random_walk"]
+    assert manifest["summary"]["calibrated"] == {"alpha": result["value"]}
+
+
+def test_masks_draws_n_images_with_the_seed(run, tmp_path):
+    r = _copy(run, tmp_path)
+    a = calibrate_command(r, "cam", "bg_threshold", masks=5, seed=1, device="cpu")
+    b = calibrate_command(r, "cam", "bg_threshold", masks=5, seed=1, device="cpu")
+    c = calibrate_command(r, "cam", "bg_threshold", masks=16, device="cpu")
+    assert a["masks_used"] == 5 and a["score"] == b["score"]
+    sweep = json.loads(RunLayout(r).stage_metrics("make_cam").read_text())["sweep"]
+    for v, s in zip(c["values"], c["score"]):  # all 16 masks: the sweep's figures
+        if f"{v:g}" in sweep:
+            assert s == pytest.approx(sweep[f"{v:g}"], abs=0.01)
+
+
+@pytest.mark.parametrize("argv, match", [
+    (["--stage", "cam", "--param", "alpha"], "calibrate chooses"),
+    (["--stage", "random_walk", "--param", "bg_threshold"], "its background comes from alpha"),
+    (["--stage", "cam", "--param", "bg_threshold", "--masks", "0"], "at least 1 image"),
+])
+def test_calibrate_errors(run, tmp_path, argv, match, capsys):
+    r = _copy(run, tmp_path)
+    assert cli.main(["calibrate", str(r), *argv, "--device", "cpu"]) == 2
+    assert match in capsys.readouterr().err
