@@ -45,7 +45,25 @@ def cam_peaks(ctx, names, per_image: int = 4000, seed: int = 0) -> np.ndarray:
     return np.concatenate(out)
 
 
-def table_for(run_dir, stage, param, masks: int, draws: int, seed: int) -> dict:
+def walk_agreement(ctx, values, names, walk=None) -> np.ndarray:
+    """(T,) mIoU of the CAM labels at each threshold against the run's own pseudo labels, or against the walk's labels
+    at ``walk`` = (param, value) (no mask read)."""
+    from affinitynet.commands.calibrate import Relabeller
+    from affinitynet.io import load_label_png
+    from affinitynet.ops.metrics import confusion_matrix
+
+    relabel = Relabeller(ctx, "cam", "bg_threshold", values, need_cut=False)
+    walker = Relabeller(ctx, "random_walk", walk[0], [walk[1]], need_cut=False) if walk else None
+    k = ctx.train_set.num_classes + 1
+    total = np.zeros((len(values), k, k + 1), np.int64)
+    for name in names:
+        ref = walker(name).labels[0] if walker else load_label_png(ctx.layout.pseudo_label(name))
+        for i, lab in enumerate(relabel(name).labels):
+            total[i] += confusion_matrix(lab, ref, k)
+    return np.array([miou_of(c) for c in total])
+
+
+def table_for(run_dir, stage, param, masks: int, draws: int, seed: int, walk_free=None) -> dict:
     ctx = run_context(run_dir, "cpu")
     cfg = ctx.cfg
     current = cfg.eval.cam_bg_threshold if stage == "cam" else getattr(cfg.random_walk, param)
@@ -54,31 +72,56 @@ def table_for(run_dir, stage, param, masks: int, draws: int, seed: int) -> dict:
     names = list(ds.names)
     masked = ds.mask_names()
     with torch.inference_mode():
-        conf, cut, _ = evaluate(ctx, stage, param, values, names, masked=masked, need_cut=True,
-                                progress_desc=f"{run_dir} {stage} {param}")
-        _, cut_raw, _ = evaluate(ctx, stage, param, values, names, need_cut=True, cut_beta=1.0,
-                                 progress_desc=f"{run_dir} {stage} {param} (beta 1)")
+        conf, cut, border, _ = evaluate(ctx, stage, param, values, names, masked=masked, need_cut=True,
+                                        progress_desc=f"{run_dir} {stage} {param}", return_border=True)
+        _, cut_raw, border_raw, _ = evaluate(ctx, stage, param, values, names, need_cut=True, cut_beta=1.0,
+                                             progress_desc=f"{run_dir} {stage} {param} (beta 1)", return_border=True)
     miou = [miou_of(c) for c in conf.sum(0)]
     best = int(np.argmax(miou))
     rng = np.random.default_rng(seed)
     index = {n: i for i, n in enumerate(masked)}
-    picks = []
-    for _ in range(draws):
+    picks, picks_img, picks_bag = [], [], []
+    per_img = per_image_miou(conf)  # (n, T)
+    for d in range(draws):
         drawn = [index[n] for n in rng.choice(masked, masks, replace=False)]
         picks.append(choose_by_masks(conf[drawn]))
+        picks_img.append(int(np.argmax(per_img[drawn].mean(0))))
+        boot = np.random.default_rng(d)
+        votes = np.bincount([choose_by_masks(conf[drawn][boot.integers(0, masks, masks)]) for _ in range(50)],
+                            minlength=len(values))
+        picks_bag.append(int(np.argmax(votes)))
     few = np.array([miou[i] for i in picks])
+    few_img = np.array([miou[i] for i in picks_img])
+    few_bag = np.array([miou[i] for i in picks_bag])
     free, free_raw = choose_by_cut(cut), choose_by_cut(cut_raw)
+    fb, fb_raw = choose_by_cut(border), choose_by_cut(border_raw)
     row = {"run": str(run_dir), "stage": stage, "param": param, "images": len(names), "masked": len(masked),
            "values": values, "miou": [round(m, 2) for m in miou], "cut": [round(float(c), 5) for c in cut.mean(0)],
            "default": current, "default_miou": miou[values.index(current)],
            "best": values[best], "best_miou": miou[best],
            "few_values": [values[i] for i in picks], "few_mean": float(few.mean()), "few_std": float(few.std()),
-           "free": values[free], "free_miou": miou[free], "free_raw": values[free_raw], "free_raw_miou": miou[free_raw]}
+           "few_img_mean": float(few_img.mean()), "few_img_std": float(few_img.std()),
+           "few_bag_mean": float(few_bag.mean()), "few_bag_std": float(few_bag.std()),
+           "free": values[free], "free_miou": miou[free], "free_raw": values[free_raw], "free_raw_miou": miou[free_raw],
+           "border": values[fb], "border_miou": miou[fb], "border_raw": values[fb_raw], "border_raw_miou": miou[fb_raw],
+           "border_curve": [round(float(c), 5) for c in border.mean(0)]}
     if stage == "cam":
         t = otsu(cam_peaks(ctx, names, seed=seed))
         near = int(np.argmin([abs(v - t) for v in values]))
-        row.update(otsu=round(t, 3), otsu_miou=miou[near])
+        agree = walk_agreement(ctx, values, names)
+        fa = int(np.argmax(agree))
+        row.update(otsu=round(t, 3), otsu_miou=miou[near], agree=values[fa], agree_miou=miou[fa])
+        if walk_free:
+            agree = walk_agreement(ctx, values, names, walk_free)
+            fw = int(np.argmax(agree))
+            row.update(agree_free=values[fw], agree_free_miou=miou[fw], agree_free_walk=list(walk_free))
     return row
+
+
+def per_image_miou(conf: np.ndarray) -> np.ndarray:
+    """(n, T, K, K + 1) confusions -> (n, T) each image's own mIoU (its classes in ground truth or prediction)."""
+    n, t = conf.shape[:2]
+    return np.array([[miou_of(conf[i, j]) for j in range(t)] for i in range(n)])
 
 
 def params_of(run_dir) -> list[tuple[str, str]]:
@@ -96,20 +139,37 @@ def main(argv=None) -> int:
     p.add_argument("--json", default="")
     a = p.parse_args(argv)
     torch.set_num_threads(1)
-    rows = [table_for(r, s, q, a.masks, a.draws, a.seed) for r in a.runs for s, q in params_of(r)]
+    rows = []
+    for r in a.runs:
+        (cs, cp), (ws, wp) = params_of(r)
+        walk = table_for(r, ws, wp, a.masks, a.draws, a.seed)
+        rows += [table_for(r, cs, cp, a.masks, a.draws, a.seed, walk_free=(wp, walk["free"])), walk]
     print("| run | parameter | default (mIoU) | best, all masks | 10 masks: mIoU mean +- sd (values) | label-free "
-          "(loss vs best) | cut at beta 1 | Otsu |")
-    print("|---|---|---|---|---|---|---|---|")
+          "(loss vs best) | cut at beta 1 | border affinity | border at beta 1 | Otsu | agreement with the walk |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         vals = ",".join(f"{v:g}" for v in sorted(set(r["few_values"])))
-        otsu_cell = f"{r['otsu']:g} ({r['otsu_miou']:.1f})" if "otsu" in r else "-"
+        otsu_cell = (f"{r['otsu']:g} ({r['otsu_miou']:.1f}) | {r['agree']:g} ({r['agree_miou']:.1f})" if "otsu" in r
+                     else "- | -")
         print(f"| {r['run']} | {r['stage']} {r['param']} | {r['default']:g} ({r['default_miou']:.1f}) | "
               f"{r['best']:g} ({r['best_miou']:.1f}) | {r['few_mean']:.1f} +- {r['few_std']:.1f} ({vals}) | "
               f"{r['free']:g} ({r['free_miou']:.1f}, {r['free_miou'] - r['best_miou']:+.1f}) | "
-              f"{r['free_raw']:g} ({r['free_raw_miou']:.1f}) | {otsu_cell} |")
+              f"{r['free_raw']:g} ({r['free_raw_miou']:.1f}) | {r['border']:g} ({r['border_miou']:.1f}) | "
+              f"{r['border_raw']:g} ({r['border_raw_miou']:.1f}) | {otsu_cell} |")
+    for r in rows:
+        if "agree_free" in r:
+            print(f"{r['run']} cam bg_threshold: agreement with the walk at its label-free {r['agree_free_walk'][0]}="
+                  f"{r['agree_free_walk'][1]:g}: {r['agree_free']:g} ({r['agree_free_miou']:.1f}, "
+                  f"{r['agree_free_miou'] - r['best_miou']:+.1f} vs best, {r['agree_free_miou'] - r['default_miou']:+.1f} "
+                  f"vs default)")
+    for r in rows:
+        print(f"{r['run']} {r['stage']} {r['param']}: 10 masks pooled {r['few_mean']:.1f} +- {r['few_std']:.1f}, "
+              f"per-image mean {r['few_img_mean']:.1f} +- {r['few_img_std']:.1f}, bagged {r['few_bag_mean']:.1f} "
+              f"+- {r['few_bag_std']:.1f}")
     for r in rows:
         print(f"{r['run']} {r['stage']} {r['param']}: " + "  ".join(
-            f"{v:g}:{m:.1f}/{c:.4f}" for v, m, c in zip(r["values"], r["miou"], r["cut"])))
+            f"{v:g}:{m:.1f}/{c:.4f}/{b:.4f}" for v, m, c, b in zip(r["values"], r["miou"], r["cut"],
+                                                                   r["border_curve"])))
     if a.json:
         with open(a.json, "w") as f:
             json.dump(rows, f, indent=1)

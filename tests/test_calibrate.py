@@ -150,7 +150,8 @@ def test_an_applied_cam_threshold_rescores_the_cams_like_a_rerun(run, tmp_path):
 
 # ----------------------------------------------------------------------------- the command
 
-def test_label_free_reads_no_mask_and_writes_the_contract_json(run, tmp_path, monkeypatch, capsys):
+@pytest.mark.parametrize("stage, param", [("random_walk", "alpha"), ("cam", "bg_threshold")])
+def test_label_free_reads_no_mask_and_writes_the_contract_json(run, tmp_path, monkeypatch, capsys, stage, param):
     r = _copy(run, tmp_path)
 
     def no_masks(self, name):
@@ -160,15 +161,16 @@ def test_label_free_reads_no_mask_and_writes_the_contract_json(run, tmp_path, mo
     for cls in SegDataset.__subclasses__():
         monkeypatch.setattr(cls, "load_mask", no_masks, raising=False)
     out = tmp_path / "choice.json"
-    rc = cli.main(["calibrate", str(r), "--stage", "random_walk", "--param", "alpha", "--json", str(out),
-                   "--device", "cpu"])
+    rc = cli.main(["calibrate", str(r), "--stage", stage, "--param", param, "--json", str(out), "--device", "cpu"])
     assert rc == 0
     got = json.loads(out.read_text())
     assert {k: got[k] for k in ("stage", "param", "method", "masks_used")} == {
-        "stage": "random_walk", "param": "alpha", "method": "label-free", "masks_used": 0}
-    assert got["value"] in got["values"] and got["value"] == got["values"][int(np.argmin(got["score"]))]
+        "stage": stage, "param": param, "method": "label-free", "masks_used": 0}
+    best = np.argmin(got["score"]) if stage == "random_walk" else np.argmax(got["score"])  # a cut / an agreement
+    assert got["value"] in got["values"] and got["value"] == got["values"][int(best)]
     text = capsys.readouterr().out
-    assert f"--set random_walk.alpha={got['value']:g}" in text and "bootstrap" in text
+    key = "random_walk.alpha" if stage == "random_walk" else "eval.cam_bg_threshold"
+    assert f"--set {key}={got['value']:g}" in text and "bootstrap" in text
 
 
 def test_apply_records_the_chosen_value(run, tmp_path, capsys):

@@ -13,13 +13,15 @@ the walk's saved scores, and its pair affinities (``random_walk.cache_affinity``
 source runs once per image). Two ways to choose:
 
 - ``--masks N``: the value with the best mIoU on N images drawn (``--seed``) from those that have masks.
-- no ``--masks``: label-free, by the normalised cut of the walk's own affinity graph. Each image's labels split the
-  walk's grid into regions (background and each tagged class); the normalised cut of region A is the affinity of
-  the pairs that leave A over the affinity of all pairs that touch A (Shi & Malik, 2000). Labels whose borders
-  run where the affinity network sees a boundary cut little affinity; a region that spills over its object cuts
-  through the object's high affinities, and one that shrinks into it cuts through them too. A tagged class (or
-  the background) with no cell at all counts 1, the most a region can cut. The chosen value has the lowest mean
-  cut over the images. No mask is read.
+- no ``--masks``: label-free; no mask is read. The walk's background by the normalised cut of the walk's own
+  affinity graph: each image's labels split the walk's grid into regions (background and each tagged class); the
+  normalised cut of region A is the affinity (A^beta, as the walk weighs pairs) of the pairs that leave A over that
+  of all pairs that touch A (Shi & Malik, 2000). Labels whose borders run where the affinity network sees a boundary
+  cut little; a region that spills over its object, or shrinks into it, cuts through high affinities. A tagged
+  class (or the background) with no cell at all counts 1, the most a region can cut. The chosen value has the
+  lowest mean cut over the images. The CAM threshold then by agreement: the threshold whose CAM labels have the best
+  mIoU against the walk's labels at the walk's own label-free background, which stand in for the masks (the cut
+  alone favours large foregrounds on coarse CAMs: docs/calibration.md).
 
 Either way the choice is repeated on bootstrap resamples of the images used: the share that picks the same value
 is the measure of how sure it is. ``--apply`` rewrites the stage's outputs at the chosen value from the saved files
@@ -77,6 +79,12 @@ def normalized_cut(labels: np.ndarray, weights: np.ndarray, idx_from: np.ndarray
     return float(np.mean(terms)) if terms else 0.0
 
 
+def boundary_affinity(labels: np.ndarray, weights: np.ndarray, idx_from: np.ndarray, idx_to: np.ndarray) -> float:
+    """Mean weight of the pairs whose two ends have different labels (1, the most, where no pair crosses a border)."""
+    crossing = labels[idx_from] != labels[idx_to]
+    return float(weights[crossing].mean()) if crossing.any() else 1.0
+
+
 # ----------------------------------------------------------------------------- one image, every candidate
 
 @dataclass
@@ -85,6 +93,7 @@ class Candidates:
 
     labels: list  # (H, W) uint8 per value
     cut: np.ndarray | None  # (T,) mean normalised cut per value, None where no affinities were at hand
+    border: np.ndarray | None = None  # (T,) mean weight of the pairs across the labels' borders
 
 
 class Relabeller:
@@ -172,6 +181,8 @@ class Relabeller:
             weights = aff.reshape(-1).double().clamp_min(0).numpy() ** self.cut_beta
             regions = [0] + [int(k) for k in keys]
             cut = np.array([normalized_cut(lab, weights, idx_from, idx_to, regions) for lab in grids])
+            border = np.array([boundary_affinity(lab, weights, idx_from, idx_to) for lab in grids])
+            return Candidates(labels, cut, border)
         return Candidates(labels, cut)
 
 
@@ -218,8 +229,28 @@ def draw_masked(ds, n: int, seed: int) -> list[str]:
     return sorted(have[i] for i in rng.choice(len(have), n, replace=False))
 
 
+def walk_param(ctx) -> str:
+    """The walk's background setting of this run: ``alpha`` (power background) or ``bg_threshold`` (IRN's)."""
+    return "alpha" if ctx.cfg.random_walk.background == "power" else "bg_threshold"
+
+
+def agreement(ctx, values, names, walk_value, *, progress_desc: str) -> np.ndarray:
+    """(n, T, K, K + 1) confusions of the CAM labels at each threshold against the walk's labels at ``walk_value`` of
+    its background setting (``walk_param``): the walk's labels stand in for the masks. No mask is read."""
+    from ..ops.metrics import confusion_matrix
+
+    cams = Relabeller(ctx, "cam", "bg_threshold", values, need_cut=False)
+    walk = Relabeller(ctx, "random_walk", walk_param(ctx), [walk_value], need_cut=False)
+    k = cams.ds.num_classes + 1
+    out = []
+    for name in ctx.progress(list(names), desc=progress_desc):
+        ref = walk(name).labels[0]
+        out.append(np.stack([confusion_matrix(lab, ref, k) for lab in cams(name).labels]))
+    return np.stack(out)
+
+
 def evaluate(ctx, stage: str, param: str, values, names, *, masked=(), need_cut: bool, progress_desc: str,
-             cut_beta: float | None = None):
+             cut_beta: float | None = None, return_border: bool = False):
     """Per-image confusions (for the ``masked`` names) and normalised cuts of every value over ``names``.
 
     Returns (conf (n_masked, T, K, K + 1) or None, cut (n, T) or None, images whose affinities were computed).
@@ -230,7 +261,7 @@ def evaluate(ctx, stage: str, param: str, values, names, *, masked=(), need_cut:
     ds = relabel.ds
     k = ds.num_classes + 1
     masked = set(masked)
-    confs, cuts = [], []
+    confs, cuts, borders = [], [], []
     for name in ctx.progress(list(names), desc=progress_desc):
         got = relabel(name)
         if name in masked:
@@ -238,8 +269,11 @@ def evaluate(ctx, stage: str, param: str, values, names, *, masked=(), need_cut:
             confs.append(np.stack([confusion_matrix(lab, gt, k) for lab in got.labels]))
         if got.cut is not None:
             cuts.append(got.cut)
+            borders.append(got.border)
     conf = np.stack(confs) if confs else None
     cut = np.stack(cuts) if cuts else None
+    if return_border:
+        return conf, cut, (np.stack(borders) if borders else None), relabel.computed
     return conf, cut, relabel.computed
 
 
@@ -335,6 +369,7 @@ def calibrate(ctx, stage: str, param: str, *, masks: int | None = None, seed: in
     values = sorted(set(values or CANDIDATES[(stage, param)]) | {current})
     ds = ctx.train_set
     t0 = time.perf_counter()
+    extra = {}
     if masks is not None:
         names = draw_masked(ds, masks, seed)
         conf, _, computed = evaluate(ctx, stage, param, values, names, masked=names, need_cut=False,
@@ -348,28 +383,43 @@ def calibrate(ctx, stage: str, param: str, *, masks: int | None = None, seed: in
         if 0 < images < len(names):
             rng = np.random.default_rng(seed)
             names = sorted(names[i] for i in rng.choice(len(names), images, replace=False))
-        _, cut, computed = evaluate(ctx, stage, param, values, names, need_cut=True,
-                                    progress_desc=f"calibrate {key} (label-free)")
-        best = choose_by_cut(cut)
-        sure = stability(cut, choose_by_cut, best, seed)
-        score = [round(float(c), 5) for c in cut.mean(0)]
-        method, used, measure = "label-free", 0, "mean normalised cut of the walk's affinity graph (lower is better)"
+        method, used = "label-free", 0
+        if stage == "cam":
+            walk = calibrate(ctx, "random_walk", walk_param(ctx), seed=seed, images=images)
+            conf = agreement(ctx, values, names, walk["value"], progress_desc=f"calibrate {key} (label-free)")
+            best = choose_by_masks(conf)
+            sure = stability(conf, choose_by_masks, best, seed)
+            score = [round(miou_of(c), 3) for c in conf.sum(0)]
+            computed = walk["affinities_computed"]
+            measure = (f"mIoU (%) against the walk's labels at its label-free {walk['config_key']}={walk['value']:g} "
+                       f"(higher is better)")
+            extra = {"walk": {k: walk[k] for k in ("param", "value", "stability", "values", "score")}}
+        else:
+            _, cut, computed = evaluate(ctx, stage, param, values, names, need_cut=True,
+                                        progress_desc=f"calibrate {key} (label-free)")
+            best = choose_by_cut(cut)
+            sure = stability(cut, choose_by_cut, best, seed)
+            score = [round(float(c), 5) for c in cut.mean(0)]
+            measure = "mean normalised cut of the walk's affinity graph (lower is better)"
     value = values[best]
     return {"stage": stage, "param": param, "value": value, "method": method, "masks_used": used,
             "images": len(names), "stability": round(sure, 3), "config_key": key, "current": current,
             "values": values, "score": score, "measure": measure, "seconds": round(time.perf_counter() - t0, 2),
-            "affinities_computed": computed, "set": f"--set {key}={value:g}"}
+            "affinities_computed": computed, "set": f"--set {key}={value:g}", **extra}
 
 
 def format_result(r: dict) -> str:
     """The console table: every candidate's score, the choice marked, then the choice in one line."""
-    head = "mIoU" if r["method"] == "masks" else "cut"
+    head = "cut" if r["method"] == "label-free" and r["stage"] == "random_walk" else "mIoU"
     lines = [f"calibrate {r['config_key']} ({r['method']}, {r['images']} images"
              + (f" with masks, seed {r.get('seed', 0)}" if r["method"] == "masks" else "") + f", {r['seconds']:.1f} s)",
              f"{r['param']:>12}  {head:>9}"]
     for v, s in zip(r["values"], r["score"]):
         note = ("  chosen" if v == r["value"] else "") + ("  (config)" if v == r["current"] else "")
         lines.append(f"{v:>12g}  {s:9.4g}{note}")
+    if "walk" in r:
+        lines.append(f"(mIoU against the walk's labels at its label-free {r['walk']['param']}={r['walk']['value']:g}, "
+                     f"itself chosen by {100 * r['walk']['stability']:.0f}% of the resamples)")
     lines.append(f"chosen {r['param']}={r['value']:g} ({r['method']}; {100 * r['stability']:.0f}% of {BOOTSTRAP} "
                  f"bootstrap resamples of the images choose it too)")
     lines.append(f"apply: {r['set']}")
