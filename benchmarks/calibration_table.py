@@ -18,7 +18,7 @@ import sys
 import numpy as np
 import torch
 
-from affinitynet.commands.calibrate import CANDIDATES, choose_by_cut, choose_by_masks, evaluate, miou_of
+from affinitynet.commands.calibrate import LABEL_FREE, CANDIDATES, choose_by_cut, choose_by_masks, evaluate, miou_of
 from affinitynet.commands.sweep import run_context
 from affinitynet.io import load_cam
 
@@ -63,7 +63,7 @@ def walk_agreement(ctx, values, names, walk=None) -> np.ndarray:
     return np.array([miou_of(c) for c in total])
 
 
-def table_for(run_dir, stage, param, masks: int, draws: int, seed: int, walk_free=None) -> dict:
+def table_for(run_dir, stage, param, masks: int, draws: int, seed: int, walk_free=None, full=False) -> dict:
     ctx = run_context(run_dir, "cpu")
     cfg = ctx.cfg
     current = cfg.eval.cam_bg_threshold if stage == "cam" else getattr(cfg.random_walk, param)
@@ -74,8 +74,12 @@ def table_for(run_dir, stage, param, masks: int, draws: int, seed: int, walk_fre
     with torch.inference_mode():
         conf, cut, border, _ = evaluate(ctx, stage, param, values, names, masked=masked, need_cut=True,
                                         progress_desc=f"{run_dir} {stage} {param}", return_border=True)
-        _, cut_raw, border_raw, _ = evaluate(ctx, stage, param, values, names, need_cut=True, cut_beta=1.0,
-                                             progress_desc=f"{run_dir} {stage} {param} (beta 1)", return_border=True)
+        if full:  # the variants tried: the cut on the raw affinities, the border on the walk's A^beta
+            _, cut_raw, border_beta, _ = evaluate(ctx, stage, param, values, names, need_cut=True, cut_beta=1.0,
+                                                  border_beta=cfg.random_walk.beta, return_border=True,
+                                                  progress_desc=f"{run_dir} {stage} {param} (variants)")
+        else:
+            cut_raw, border_beta = cut, border
     miou = [miou_of(c) for c in conf.sum(0)]
     best = int(np.argmax(miou))
     rng = np.random.default_rng(seed)
@@ -93,8 +97,9 @@ def table_for(run_dir, stage, param, masks: int, draws: int, seed: int, walk_fre
     few = np.array([miou[i] for i in picks])
     few_img = np.array([miou[i] for i in picks_img])
     few_bag = np.array([miou[i] for i in picks_bag])
-    free, free_raw = choose_by_cut(cut), choose_by_cut(cut_raw)
-    fb, fb_raw = choose_by_cut(border), choose_by_cut(border_raw)
+    free_cut, free_raw = choose_by_cut(cut), choose_by_cut(cut_raw)
+    fb_raw, fb = choose_by_cut(border), choose_by_cut(border_beta)
+    free = fb_raw if LABEL_FREE[cfg.random_walk.affinity] == "border" else free_cut  # what calibrate uses
     row = {"run": str(run_dir), "stage": stage, "param": param, "images": len(names), "masked": len(masked),
            "values": values, "miou": [round(m, 2) for m in miou], "cut": [round(float(c), 5) for c in cut.mean(0)],
            "default": current, "default_miou": miou[values.index(current)],
@@ -102,7 +107,8 @@ def table_for(run_dir, stage, param, masks: int, draws: int, seed: int, walk_fre
            "few_values": [values[i] for i in picks], "few_mean": float(few.mean()), "few_std": float(few.std()),
            "few_img_mean": float(few_img.mean()), "few_img_std": float(few_img.std()),
            "few_bag_mean": float(few_bag.mean()), "few_bag_std": float(few_bag.std()),
-           "free": values[free], "free_miou": miou[free], "free_raw": values[free_raw], "free_raw_miou": miou[free_raw],
+           "free": values[free], "free_miou": miou[free], "cut_choice": values[free_cut],
+           "cut_miou": miou[free_cut], "free_raw": values[free_raw], "free_raw_miou": miou[free_raw],
            "border": values[fb], "border_miou": miou[fb], "border_raw": values[fb_raw], "border_raw_miou": miou[fb_raw],
            "border_curve": [round(float(c), 5) for c in border.mean(0)]}
     if stage == "cam":
@@ -137,16 +143,18 @@ def main(argv=None) -> int:
     p.add_argument("--draws", type=int, default=20)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", default="")
+    p.add_argument("--variants", action="store_true", help="also the cut at beta 1 and the border at the walk's beta")
     a = p.parse_args(argv)
     torch.set_num_threads(1)
     rows = []
     for r in a.runs:
         (cs, cp), (ws, wp) = params_of(r)
-        walk = table_for(r, ws, wp, a.masks, a.draws, a.seed)
-        rows += [table_for(r, cs, cp, a.masks, a.draws, a.seed, walk_free=(wp, walk["free"])), walk]
+        walk = table_for(r, ws, wp, a.masks, a.draws, a.seed, full=a.variants)
+        rows += [table_for(r, cs, cp, a.masks, a.draws, a.seed, walk_free=(wp, walk["free"]), full=a.variants), walk]
     print("| run | parameter | default (mIoU) | best, all masks | 10 masks: mIoU mean +- sd (values) | label-free "
-          "(loss vs best) | cut at beta 1 | border affinity | border at beta 1 | Otsu | agreement with the walk |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+          "(loss vs best) | cut at beta 1 | border at the walk's beta | normalised cut | border | Otsu | agreement "
+          "with the run's walk |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         vals = ",".join(f"{v:g}" for v in sorted(set(r["few_values"])))
         otsu_cell = (f"{r['otsu']:g} ({r['otsu_miou']:.1f}) | {r['agree']:g} ({r['agree_miou']:.1f})" if "otsu" in r
@@ -155,7 +163,8 @@ def main(argv=None) -> int:
               f"{r['best']:g} ({r['best_miou']:.1f}) | {r['few_mean']:.1f} +- {r['few_std']:.1f} ({vals}) | "
               f"{r['free']:g} ({r['free_miou']:.1f}, {r['free_miou'] - r['best_miou']:+.1f}) | "
               f"{r['free_raw']:g} ({r['free_raw_miou']:.1f}) | {r['border']:g} ({r['border_miou']:.1f}) | "
-              f"{r['border_raw']:g} ({r['border_raw_miou']:.1f}) | {otsu_cell} |")
+              f"{r['cut_choice']:g} ({r['cut_miou']:.1f}) | {r['border_raw']:g} ({r['border_raw_miou']:.1f}) | "
+              f"{otsu_cell} |")
     for r in rows:
         if "agree_free" in r:
             print(f"{r['run']} cam bg_threshold: agreement with the walk at its label-free {r['agree_free_walk'][0]}="

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from affinitynet import cli, config, runner
-from affinitynet.commands.calibrate import (apply_value, calibrate_command, choose_by_cut, choose_by_masks, miou_of,
+from affinitynet.commands.calibrate import (apply_value, boundary_affinity, calibrate_command, choose_by_cut, choose_by_masks, miou_of,
                                             normalized_cut, stability)
 from affinitynet.commands.sweep import run_context
 from affinitynet.data import SegDataset
@@ -61,6 +61,14 @@ def test_normalized_cut_on_a_hand_built_graph():
     valid = np.array([True, True, True, False])
     assert normalized_cut(np.array([0, 0, 5, 5]), w, idx_from, idx_to, [0, 5], valid) == pytest.approx(
         (0.1 / 2.1 + 0.1 / 0.1) / 2)
+
+
+def test_boundary_affinity_by_hand():
+    idx_from, idx_to = np.array([0, 1, 2]), np.array([1, 2, 3])
+    w = np.array([1.0, 0.1, 0.8])
+    assert boundary_affinity(np.array([0, 0, 5, 5]), w, idx_from, idx_to) == pytest.approx(0.1)
+    assert boundary_affinity(np.array([0, 5, 5, 7]), w, idx_from, idx_to) == pytest.approx((1.0 + 0.8) / 2)
+    assert boundary_affinity(np.zeros(4, np.int64), w, idx_from, idx_to) == 1.0  # no border: the most
 
 
 def test_choosers_and_stability():
@@ -203,3 +211,16 @@ def test_calibrate_errors(run, tmp_path, argv, match, capsys):
     r = _copy(run, tmp_path)
     assert cli.main(["calibrate", str(r), *argv, "--device", "cpu"]) == 2
     assert match in capsys.readouterr().err
+
+
+def test_label_free_with_the_boundary_source_follows_the_borders(run, tmp_path):
+    r = _copy(run, tmp_path)
+    layout = RunLayout(r)
+    # the walk's cached affinities and saved scores stand in for a boundary network's: nothing runs a network
+    cfg = config.load(layout.config, ["random_walk.affinity=boundary", "random_walk.background=threshold"])
+    layout.config.write_text(config.dump(cfg))
+    got = calibrate_command(r, "random_walk", "bg_threshold", device="cpu")
+    assert got["measure"].startswith("mean affinity across the labels' borders")
+    assert got["value"] == got["values"][int(np.argmin(got["score"]))] and got["affinities_computed"] == 0
+    cam = calibrate_command(r, "cam", "bg_threshold", device="cpu")
+    assert cam["walk"]["param"] == "bg_threshold" and cam["walk"]["value"] == got["value"]

@@ -13,15 +13,18 @@ the walk's saved scores, and its pair affinities (``random_walk.cache_affinity``
 source runs once per image). Two ways to choose:
 
 - ``--masks N``: the value with the best mIoU on N images drawn (``--seed``) from those that have masks.
-- no ``--masks``: label-free; no mask is read. The walk's background by the normalised cut of the walk's own
-  affinity graph: each image's labels split the walk's grid into regions (background and each tagged class); the
-  normalised cut of region A is the affinity (A^beta, as the walk weighs pairs) of the pairs that leave A over that
-  of all pairs that touch A (Shi & Malik, 2000). Labels whose borders run where the affinity network sees a boundary
-  cut little; a region that spills over its object, or shrinks into it, cuts through high affinities. A tagged
-  class (or the background) with no cell at all counts 1, the most a region can cut. The chosen value has the
-  lowest mean cut over the images. The CAM threshold then by agreement: the threshold whose CAM labels have the best
-  mIoU against the walk's labels at the walk's own label-free background, which stand in for the masks (the cut
-  alone favours large foregrounds on coarse CAMs: docs/calibration.md).
+- no ``--masks``: label-free; no mask is read. The walk's background from the walk's own affinity graph, where each
+  image's labels split the walk's grid into regions (background and each tagged class):
+  - AffinityNet's affinities: the normalised cut. That of region A is the affinity (A^beta, as the walk weighs
+    pairs) of the pairs that leave A over that of all pairs that touch A (Shi & Malik, 2000). Labels whose borders
+    run where the network sees a boundary cut little; a region that spills over its object, or shrinks into it,
+    cuts through high affinities. A tagged class (or the background) with no cell counts 1, the most a region can
+    cut. The chosen value has the lowest mean cut over the images.
+  - IRN's boundary affinities (near 1 except across a detected boundary, where the cut favours large regions): the
+    mean affinity of the pairs across the labels' borders, lowest where the borders follow the boundaries.
+  The CAM threshold then by agreement: the threshold whose CAM labels have the best mIoU against the walk's labels
+  at the walk's own label-free background, which stand in for the masks (the cut alone favours large foregrounds on
+  coarse CAMs: docs/calibration.md).
 
 Either way the choice is repeated on bootstrap resamples of the images used: the share that picks the same value
 is the measure of how sure it is. ``--apply`` rewrites the stage's outputs at the chosen value from the saved files
@@ -49,6 +52,10 @@ CANDIDATES = {
 CONFIG_KEYS = {("cam", "bg_threshold"): "eval.cam_bg_threshold", ("random_walk", "alpha"): "random_walk.alpha",
                ("random_walk", "bg_threshold"): "random_walk.bg_threshold"}
 BOOTSTRAP = 200  # resamples of the images for the stability of a choice
+# The walk's label-free criterion per affinity source (docs/calibration.md): AffinityNet's graded pair similarities
+# -> the normalised cut; IRN's boundary affinities, near 1 but at the detected boundaries, under which the cut
+# favours large regions -> how little affinity the labels' borders cross (how well they follow the boundaries).
+LABEL_FREE = {"affinitynet": "cut", "boundary": "border"}
 
 
 # ----------------------------------------------------------------------------- the criterion
@@ -93,18 +100,20 @@ class Candidates:
 
     labels: list  # (H, W) uint8 per value
     cut: np.ndarray | None  # (T,) mean normalised cut per value, None where no affinities were at hand
-    border: np.ndarray | None = None  # (T,) mean weight of the pairs across the labels' borders
+    border: np.ndarray | None = None  # (T,) mean affinity of the pairs across the labels' borders
 
 
 class Relabeller:
     """Labels of a run's training images at each value of one parameter, from the run's saved files."""
 
-    def __init__(self, ctx, stage: str, param: str, values, *, need_cut: bool, cut_beta: float | None = None):
+    def __init__(self, ctx, stage: str, param: str, values, *, need_cut: bool, cut_beta: float | None = None,
+                 border_beta: float = 1.0):
         from ..stages.affinity_sources import AFFINITY_SOURCES
 
         self.ctx, self.stage, self.param, self.values, self.need_cut = ctx, stage, param, list(values), need_cut
         self.rw = ctx.cfg.random_walk
         self.cut_beta = self.rw.beta if cut_beta is None else cut_beta  # the graph's weights: the walk's A^beta
+        self.border_beta = border_beta  # the border criterion reads the affinities themselves
         self.ds = ctx.train_set
         self._source = None
         self.computed = 0
@@ -178,10 +187,11 @@ class Relabeller:
             gh, gw = g.grid
             idx_from, idx_to = (t.numpy() for t in pair_indices(gh, gw, self.rw.radius,
                                                                 reference=self.rw.reference_pairs))
-            weights = aff.reshape(-1).double().clamp_min(0).numpy() ** self.cut_beta
+            raw = aff.reshape(-1).double().clamp_min(0).numpy()
+            weights = raw ** self.cut_beta
             regions = [0] + [int(k) for k in keys]
             cut = np.array([normalized_cut(lab, weights, idx_from, idx_to, regions) for lab in grids])
-            border = np.array([boundary_affinity(lab, weights, idx_from, idx_to) for lab in grids])
+            border = np.array([boundary_affinity(lab, raw ** self.border_beta, idx_from, idx_to) for lab in grids])
             return Candidates(labels, cut, border)
         return Candidates(labels, cut)
 
@@ -250,14 +260,14 @@ def agreement(ctx, values, names, walk_value, *, progress_desc: str) -> np.ndarr
 
 
 def evaluate(ctx, stage: str, param: str, values, names, *, masked=(), need_cut: bool, progress_desc: str,
-             cut_beta: float | None = None, return_border: bool = False):
+             cut_beta: float | None = None, return_border: bool = False, border_beta: float = 1.0):
     """Per-image confusions (for the ``masked`` names) and normalised cuts of every value over ``names``.
 
     Returns (conf (n_masked, T, K, K + 1) or None, cut (n, T) or None, images whose affinities were computed).
     """
     from ..ops.metrics import confusion_matrix
 
-    relabel = Relabeller(ctx, stage, param, values, need_cut=need_cut, cut_beta=cut_beta)
+    relabel = Relabeller(ctx, stage, param, values, need_cut=need_cut, cut_beta=cut_beta, border_beta=border_beta)
     ds = relabel.ds
     k = ds.num_classes + 1
     masked = set(masked)
@@ -395,12 +405,15 @@ def calibrate(ctx, stage: str, param: str, *, masks: int | None = None, seed: in
                        f"(higher is better)")
             extra = {"walk": {k: walk[k] for k in ("param", "value", "stability", "values", "score")}}
         else:
-            _, cut, computed = evaluate(ctx, stage, param, values, names, need_cut=True,
-                                        progress_desc=f"calibrate {key} (label-free)")
+            _, cut, border, computed = evaluate(ctx, stage, param, values, names, need_cut=True, return_border=True,
+                                                progress_desc=f"calibrate {key} (label-free)")
+            if LABEL_FREE[ctx.cfg.random_walk.affinity] == "border":
+                cut, measure = border, "mean affinity across the labels' borders (lower is better)"
+            else:
+                measure = "mean normalised cut of the walk's affinity graph (lower is better)"
             best = choose_by_cut(cut)
             sure = stability(cut, choose_by_cut, best, seed)
             score = [round(float(c), 5) for c in cut.mean(0)]
-            measure = "mean normalised cut of the walk's affinity graph (lower is better)"
     value = values[best]
     return {"stage": stage, "param": param, "value": value, "method": method, "masks_used": used,
             "images": len(names), "stability": round(sure, 3), "config_key": key, "current": current,
