@@ -90,6 +90,7 @@ def bench_config(root: Path, network: str, threads: int):
     """The paper preset on the benchmark's data (``network=cpu``: the CPU preset's tiny networks)."""
     cfg = config_mod.load(Path(affinitynet.__file__).parent / "configs" / "voc12_resnet38.yaml")
     cfg.data.root, cfg.data.train_split, cfg.data.val_split = str(root), "train_aug", "bench"
+    cfg.data.voc.mask_dir = ""  # random images: nothing to score
     for section in (cfg.cam, cfg.affinitynet, cfg.segmentation):
         section.pretrained = ""
         if network == "cpu":
