@@ -18,7 +18,8 @@ import sys
 import numpy as np
 import torch
 
-from affinitynet.commands.calibrate import LABEL_FREE, CANDIDATES, choose_by_cut, choose_by_masks, evaluate, miou_of
+from affinitynet.calibration import choose_by_cut, choose_by_masks, evaluate, miou_of
+from affinitynet.commands.calibrate import CANDIDATES, LABEL_FREE
 from affinitynet.commands.sweep import run_context
 from affinitynet.io import load_cam
 
@@ -48,7 +49,7 @@ def cam_peaks(ctx, names, per_image: int = 4000, seed: int = 0) -> np.ndarray:
 def walk_agreement(ctx, values, names, walk=None) -> np.ndarray:
     """(T,) mIoU of the CAM labels at each threshold against the run's own pseudo labels, or against the walk's labels
     at ``walk`` = (param, value) (no mask read)."""
-    from affinitynet.commands.calibrate import Relabeller
+    from affinitynet.calibration import Relabeller
     from affinitynet.io import load_label_png
     from affinitynet.ops.metrics import confusion_matrix
 

@@ -7,8 +7,9 @@ import numpy as np
 import pytest
 
 from affinitynet import cli, config, runner
-from affinitynet.commands.calibrate import (apply_value, boundary_affinity, calibrate_command, choose_by_cut, choose_by_masks, miou_of,
-                                            normalized_cut, stability)
+from affinitynet.calibration import (boundary_affinity, choose_by_cut, choose_by_masks, miou_of, normalized_cut,
+                                     stability)
+from affinitynet.commands.calibrate import apply_value, calibrate_command
 from affinitynet.commands.sweep import run_context
 from affinitynet.data import SegDataset
 from affinitynet.errors import ConfigError

@@ -1,0 +1,232 @@
+"""The label-free and mask-based criteria of ``affinitynet calibrate`` (``commands/calibrate.py``): every candidate
+value's labels of a run's training images from its saved files, the normalised cut and the border affinity of the
+walk's graph, agreement with the walk, and choosing over them with a bootstrap stability (docs/calibration.md)."""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .errors import ConfigError
+from .io import load_cam, load_npz
+
+BOOTSTRAP = 200  # resamples of the images for the stability of a choice
+
+# ----------------------------------------------------------------------------- the criterion
+
+def grid_labels(stack: torch.Tensor, keys: np.ndarray) -> np.ndarray:
+    """(1, 1 + C', gh, gw) scores on the walk's grid -> (gh * gw,) int64 class ids (0 background, then ``keys``)."""
+    ids = np.concatenate([[0], np.asarray(keys, dtype=np.int64)])
+    return ids[stack[0].argmax(0).reshape(-1).numpy()]
+
+
+def normalized_cut(labels: np.ndarray, weights: np.ndarray, idx_from: np.ndarray, idx_to: np.ndarray,
+                   regions, valid: np.ndarray | None = None) -> float:
+    """Mean normalised cut of ``regions`` (class ids) in the partition ``labels`` (N,) of a graph's nodes.
+
+    ``weights`` (P,) are the symmetric pair weights of the pairs (``idx_from``, ``idx_to``); pairs with an end
+    outside ``valid`` (N,) bool are left out. cut(A) / assoc(A): the weight of the pairs with exactly one end in A
+    over the weight of the pairs with at least one end in A, counted from both ends (each node's degree). A region
+    with no node, or whose nodes touch no weight, counts 1.
+    """
+    keep = np.ones(len(weights), bool) if valid is None else valid[idx_from] & valid[idx_to]
+    w, a, b = weights[keep], labels[idx_from[keep]], labels[idx_to[keep]]
+    terms = []
+    for r in regions:
+        in_a, in_b = a == r, b == r
+        cut = float(w[in_a != in_b].sum())
+        assoc = float(w[in_a].sum() + w[in_b].sum())  # the degrees of A's nodes: inside pairs twice, cut pairs once
+        terms.append(cut / assoc if assoc > 0 else 1.0)
+    return float(np.mean(terms)) if terms else 0.0
+
+
+def boundary_affinity(labels: np.ndarray, weights: np.ndarray, idx_from: np.ndarray, idx_to: np.ndarray) -> float:
+    """Mean weight of the pairs whose two ends have different labels (1, the most, where no pair crosses a border)."""
+    crossing = labels[idx_from] != labels[idx_to]
+    return float(weights[crossing].mean()) if crossing.any() else 1.0
+
+
+# ----------------------------------------------------------------------------- one image, every candidate
+
+@dataclass
+class Candidates:
+    """One image's labels at every candidate value: label maps at image size, and the normalised cut of each."""
+
+    labels: list  # (H, W) uint8 per value
+    cut: np.ndarray | None  # (T,) mean normalised cut per value, None where no affinities were at hand
+    border: np.ndarray | None = None  # (T,) mean affinity of the pairs across the labels' borders
+
+
+class Relabeller:
+    """Labels of a run's training images at each value of one parameter, from the run's saved files."""
+
+    def __init__(self, ctx, stage: str, param: str, values, *, need_cut: bool, cut_beta: float | None = None,
+                 border_beta: float = 1.0):
+        from .stages.affinity_sources import AFFINITY_SOURCES
+
+        self.ctx, self.stage, self.param, self.values, self.need_cut = ctx, stage, param, list(values), need_cut
+        self.rw = ctx.cfg.random_walk
+        self.cut_beta = self.rw.beta if cut_beta is None else cut_beta  # the graph's weights: the walk's A^beta
+        self.border_beta = border_beta  # the border criterion reads the affinities themselves
+        self.ds = ctx.train_set
+        self._source = None
+        self.computed = 0
+        if self.rw.affinity not in AFFINITY_SOURCES:
+            raise ConfigError(f"unknown random_walk.affinity '{self.rw.affinity}'")
+        if (stage, param) == ("random_walk", "alpha") and self.rw.background != "power":
+            raise ConfigError(f"--param alpha: this run's random_walk.background is {self.rw.background}, which does "
+                              f"not use alpha; calibrate bg_threshold")
+        if (stage, param) == ("random_walk", "bg_threshold") and self.rw.background != "threshold":
+            raise ConfigError(f"--param bg_threshold: this run's random_walk.background is {self.rw.background}; its "
+                              f"background comes from alpha (calibrate alpha)")
+
+    def _affinity(self, name: str, image: np.ndarray):
+        """(grid, (1, P) affinities, weight or None): the walk's cache, else the affinity source once."""
+        from .stages.affinity_sources import affinity_source
+        from .stages.random_walk import affinities, load_affinity, walk_grid
+
+        cached = self.ctx.layout.walk_affinity(name)
+        if cached.is_file():
+            g = walk_grid(*image.shape[:2], self.rw, int(load_npz(cached)["stride"]))
+            return (g, *load_affinity(cached, g))
+        if self._source is None:
+            self._source = affinity_source(self.ctx.cfg, self.ctx.layout, self.ctx.device)
+        self.computed += 1
+        return affinities(self._source, image, self.rw, self.ctx.device)
+
+    def __call__(self, name: str) -> Candidates:
+        from .ops.cam import class_lut
+        from .ops.pairs import pair_indices
+        from .stages.random_walk import (grid_scores, grid_to_image, threshold_background, walk_from_affinity,
+                                          walk_label)
+
+        image = self.ds.load_image(name)
+        keys, maps = load_cam(self.ctx.layout.cam(name))
+        need_affinity = self.need_cut or self.stage == "random_walk" and self.param == "alpha"
+        g = aff = weight = None
+        if need_affinity:
+            g, aff, weight = self._affinity(name, image)
+        labels, grids = [], []
+        if self.stage == "cam":
+            lut = class_lut(keys).numpy().astype(np.uint8)
+            pooled = grid_scores(g, maps, 1.0, "threshold") if g is not None else None
+            peak, arg = (maps.max(0), maps.argmax(0)) if len(keys) else (np.zeros(image.shape[:2]), None)
+            for t in self.values:
+                fg = peak > t
+                labels.append(np.where(fg, lut[1:][arg] if arg is not None else 0, 0).astype(np.uint8)
+                              if len(keys) else np.zeros(image.shape[:2], np.uint8))
+                if pooled is not None:
+                    stack = pooled.clone()
+                    stack[:, 0] = t
+                    grids.append(grid_labels(stack, keys))
+        else:
+            if self.param == "alpha":
+                outs = [walk_from_affinity(g, maps, aff, dataclasses.replace(self.rw, alpha=v), self.ctx.device, weight)
+                        for v in self.values]
+            else:
+                from .stages.common import require
+                from .stages.random_walk import walk_grid
+
+                z = load_npz(require(self.ctx.layout.walk_scores(name), "random_walk"))
+                saved = torch.from_numpy(z["scores"]).unsqueeze(0)
+                sg = walk_grid(*z["size"].tolist(), self.rw, int(z["stride"]))
+                g = g or sg
+                outs = [threshold_background(sg, saved, v) for v in self.values]
+            for out in outs:
+                scores = grid_to_image(out, g.size, g.scaled, g.stride)
+                labels.append(walk_label(scores, keys, image, self.rw.crf))
+                grids.append(grid_labels(out, keys))
+        cut = None
+        if self.need_cut:
+            gh, gw = g.grid
+            idx_from, idx_to = (t.numpy() for t in pair_indices(gh, gw, self.rw.radius,
+                                                                reference=self.rw.reference_pairs))
+            raw = aff.reshape(-1).double().clamp_min(0).numpy()
+            weights = raw ** self.cut_beta
+            regions = [0] + [int(k) for k in keys]
+            cut = np.array([normalized_cut(lab, weights, idx_from, idx_to, regions) for lab in grids])
+            border = np.array([boundary_affinity(lab, raw ** self.border_beta, idx_from, idx_to) for lab in grids])
+            return Candidates(labels, cut, border)
+        return Candidates(labels, cut)
+
+
+# ----------------------------------------------------------------------------- choosing
+
+def miou_of(conf: np.ndarray) -> float:
+    """mIoU (%) of a (K, K + 1) confusion, over the classes present in ground truth or prediction."""
+    k = conf.shape[0]
+    tp = np.diag(conf[:, :k]).astype(np.float64)
+    union = conf.sum(1) + conf[:, :k].sum(0) - tp
+    present = union > 0
+    return float(100.0 * (tp[present] / union[present]).mean()) if present.any() else 0.0
+
+
+def choose_by_masks(conf: np.ndarray) -> int:
+    """(n, T, K, K + 1) per-image confusions -> index of the value with the best mIoU over the n images."""
+    total = conf.sum(0)
+    return int(np.argmax([miou_of(c) for c in total]))
+
+
+def choose_by_cut(cut: np.ndarray) -> int:
+    """(n, T) per-image normalised cuts -> index of the value with the lowest mean."""
+    return int(np.argmin(cut.mean(0)))
+
+
+def stability(per_image: np.ndarray, choose, chosen: int, seed: int, resamples: int = BOOTSTRAP) -> float:
+    """Share (0..1) of bootstrap resamples of the images (rows of ``per_image``) for which ``choose`` gives ``chosen``."""
+    rng = np.random.default_rng(seed)
+    n = per_image.shape[0]
+    if n < 2:
+        return 1.0
+    same = sum(choose(per_image[rng.integers(0, n, n)]) == chosen for _ in range(resamples))
+    return same / resamples
+
+
+def walk_param(ctx) -> str:
+    """The walk's background setting of this run: ``alpha`` (power background) or ``bg_threshold`` (IRN's)."""
+    return "alpha" if ctx.cfg.random_walk.background == "power" else "bg_threshold"
+
+
+def agreement(ctx, values, names, walk_value, *, progress_desc: str) -> np.ndarray:
+    """(n, T, K, K + 1) confusions of the CAM labels at each threshold against the walk's labels at ``walk_value`` of
+    its background setting (``walk_param``): the walk's labels stand in for the masks. No mask is read."""
+    from .ops.metrics import confusion_matrix
+
+    cams = Relabeller(ctx, "cam", "bg_threshold", values, need_cut=False)
+    walk = Relabeller(ctx, "random_walk", walk_param(ctx), [walk_value], need_cut=False)
+    k = cams.ds.num_classes + 1
+    out = []
+    for name in ctx.progress(list(names), desc=progress_desc):
+        ref = walk(name).labels[0]
+        out.append(np.stack([confusion_matrix(lab, ref, k) for lab in cams(name).labels]))
+    return np.stack(out)
+
+
+def evaluate(ctx, stage: str, param: str, values, names, *, masked=(), need_cut: bool, progress_desc: str,
+             cut_beta: float | None = None, return_border: bool = False, border_beta: float = 1.0):
+    """Per-image confusions (for the ``masked`` names) and normalised cuts of every value over ``names``.
+
+    Returns (conf (n_masked, T, K, K + 1) or None, cut (n, T) or None, images whose affinities were computed).
+    """
+    from .ops.metrics import confusion_matrix
+
+    relabel = Relabeller(ctx, stage, param, values, need_cut=need_cut, cut_beta=cut_beta, border_beta=border_beta)
+    ds = relabel.ds
+    k = ds.num_classes + 1
+    masked = set(masked)
+    confs, cuts, borders = [], [], []
+    for name in ctx.progress(list(names), desc=progress_desc):
+        got = relabel(name)
+        if name in masked:
+            gt = ds.load_mask(name)
+            confs.append(np.stack([confusion_matrix(lab, gt, k) for lab in got.labels]))
+        if got.cut is not None:
+            cuts.append(got.cut)
+            borders.append(got.border)
+    conf = np.stack(confs) if confs else None
+    cut = np.stack(cuts) if cuts else None
+    if return_border:
+        return conf, cut, (np.stack(borders) if borders else None), relabel.computed
+    return conf, cut, relabel.computed
