@@ -133,3 +133,17 @@ def test_ctrl_c_terminates_a_pool_of_slow_jobs_without_waiting():
                 behind.submit(time.sleep, 30, then=done.append)
             raise KeyboardInterrupt
     assert done == [] and time.perf_counter() - start < 25
+
+
+def test_pool_workers_leave_the_run_s_process_group():
+    """SIGTERM to the run's process group must reach the parent alone: a pool worker killed while it waits for its
+    next task dies holding the task queue's lock, and the parent's ``Pool.terminate`` would wait for it forever
+    (tests/faults/test_real_world.py sends SIGTERM to the group of a real run)."""
+    import multiprocessing as mp
+
+    from affinitynet.overlap import worker_init
+
+    with mp.get_context("spawn").Pool(2, initializer=worker_init) as pool:
+        groups = {pool.apply_async(os.getpgid, (0,)).get(timeout=60) for _ in range(4)}
+        pids = {p.pid for p in pool._pool}
+    assert groups <= pids and os.getpgid(0) not in groups

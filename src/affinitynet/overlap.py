@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import multiprocessing as mp
+import os
 import signal
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
@@ -51,9 +52,19 @@ class _Inputs(torch.utils.data.Dataset):
 
 
 def worker_init() -> None:
-    """A pool worker process: one thread, and Ctrl-C left to the parent, which terminates the pool."""
+    """A pool worker process: one thread, and Ctrl-C and SIGTERM left to the parent, which terminates the pool.
+
+    The worker moves to a process group of its own. SIGTERM sent to the run's group (``kill -- -PGID``, a
+    scheduler's stop) then reaches the parent alone. A worker killed while it waits for its next task dies
+    holding the pool's task-queue lock, and the parent's ``Pool.terminate`` then waits for that lock forever.
+    """
     torch.set_num_threads(1)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if hasattr(os, "setpgid"):
+        try:
+            os.setpgid(0, 0)
+        except OSError:  # not allowed here (a session leader): the group's signals still reach this worker
+            pass
 
 
 def _as_is(item):
