@@ -225,3 +225,27 @@ def test_label_free_with_the_boundary_source_follows_the_borders(run, tmp_path):
     assert got["value"] == got["values"][int(np.argmin(got["score"]))] and got["affinities_computed"] == 0
     cam = calibrate_command(r, "cam", "bg_threshold", device="cpu")
     assert cam["walk"]["param"] == "bg_threshold" and cam["walk"]["value"] == got["value"]
+
+
+def test_an_interrupted_apply_leaves_the_walk_to_be_redone(run, tmp_path, monkeypatch):
+    r = _copy(run, tmp_path)
+    import affinitynet.stages.random_walk as rw_stage
+
+    calls = []
+    real = rw_stage.save_walk
+
+    def stop_after_three(*args, **kwargs):
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(rw_stage, "save_walk", stop_after_three)
+    with pytest.raises(KeyboardInterrupt):
+        apply_value(run_context(r, "cpu"), "random_walk", "alpha", 4.0)
+    monkeypatch.undo()
+    record = json.loads(RunLayout(r).manifest.read_text())["stages"]["random_walk"]
+    assert record["status"] != "done" and record["key"] == ""
+    results = runner.run_pipeline(config.load(RunLayout(r).config), r, start="random_walk", stop="random_walk",
+                                  verbose=False)
+    assert [x.status for x in results] == ["done"]  # redone from scratch, not resumed from a mix of values

@@ -189,9 +189,10 @@ def walk_param(ctx) -> str:
     return "alpha" if ctx.cfg.random_walk.background == "power" else "bg_threshold"
 
 
-def agreement(ctx, values, names, walk_value, *, progress_desc: str) -> np.ndarray:
+def agreement(ctx, values, names, walk_value, *, progress_desc: str) -> tuple[np.ndarray, int]:
     """(n, T, K, K + 1) confusions of the CAM labels at each threshold against the walk's labels at ``walk_value`` of
-    its background setting (``walk_param``): the walk's labels stand in for the masks. No mask is read."""
+    its background setting (``walk_param``): the walk's labels stand in for the masks. No mask is read. Also the
+    number of images whose affinities had to be computed (no cache)."""
     from .ops.metrics import confusion_matrix
 
     cams = Relabeller(ctx, "cam", "bg_threshold", values, need_cut=False)
@@ -201,7 +202,7 @@ def agreement(ctx, values, names, walk_value, *, progress_desc: str) -> np.ndarr
     for name in ctx.progress(list(names), desc=progress_desc):
         ref = walk(name).labels[0]
         out.append(np.stack([confusion_matrix(lab, ref, k) for lab in cams(name).labels]))
-    return np.stack(out)
+    return np.stack(out), walk.computed
 
 
 def evaluate(ctx, stage: str, param: str, values, names, *, masked=(), need_cut: bool, progress_desc: str,

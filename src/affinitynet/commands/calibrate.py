@@ -95,6 +95,11 @@ def apply_value(ctx, stage: str, param: str, value) -> dict:
         rw = cfg.random_walk
         relabel = Relabeller(ctx, stage, param, [value], need_cut=False)
         ds = ctx.train_set
+        # until every image is rewritten the stage counts as unfinished with no identity: an interrupted apply
+        # leaves a mix of values, which the next run then clears and redoes
+        manifest = load_manifest(layout.root)
+        manifest.setdefault("random_walk", {}).update(status="applying", key="")
+        _save_manifest(layout.root, manifest)
         for name in ctx.progress(ds.names, desc=f"apply {key}={value}"):
             image = ds.load_image(name)
             keys, maps = load_cam(layout.cam(name))
@@ -177,11 +182,11 @@ def calibrate(ctx, stage: str, param: str, *, masks: int | None = None, seed: in
         method, used = "label-free", 0
         if stage == "cam":
             walk = calibrate(ctx, "random_walk", walk_param(ctx), seed=seed, images=images)
-            conf = agreement(ctx, values, names, walk["value"], progress_desc=f"calibrate {key} (label-free)")
+            conf, walked = agreement(ctx, values, names, walk["value"], progress_desc=f"calibrate {key} (label-free)")
             best = choose_by_masks(conf)
             sure = stability(conf, choose_by_masks, best, seed)
             score = [round(miou_of(c), 3) for c in conf.sum(0)]
-            computed = walk["affinities_computed"]
+            computed = walk["affinities_computed"] + walked
             measure = (f"mIoU (%) against the walk's labels at its label-free {walk['config_key']}={walk['value']:g} "
                        f"(higher is better)")
             extra = {"walk": {k: walk[k] for k in ("param", "value", "stability", "values", "score")}}
