@@ -13,18 +13,14 @@ the walk's saved scores, and its pair affinities (``random_walk.cache_affinity``
 source runs once per image). Two ways to choose:
 
 - ``--masks N``: the value with the best mIoU on N images drawn (``--seed``) from those that have masks.
-- no ``--masks``: label-free; no mask is read. The walk's background from the walk's own affinity graph, where each
-  image's labels split the walk's grid into regions (background and each tagged class):
-  - AffinityNet's affinities: the normalised cut. That of region A is the affinity (A^beta, as the walk weighs
-    pairs) of the pairs that leave A over that of all pairs that touch A (Shi & Malik, 2000). Labels whose borders
-    run where the network sees a boundary cut little; a region that spills over its object, or shrinks into it,
-    cuts through high affinities. A tagged class (or the background) with no cell counts 1, the most a region can
-    cut. The chosen value has the lowest mean cut over the images.
-  - IRN's boundary affinities (near 1 except across a detected boundary, where the cut favours large regions): the
-    mean affinity of the pairs across the labels' borders, lowest where the borders follow the boundaries.
-  The CAM threshold then by agreement: the threshold whose CAM labels have the best mIoU against the walk's labels
-  at the walk's own label-free background, which stand in for the masks (the cut alone favours large foregrounds on
-  coarse CAMs: docs/calibration.md).
+- no ``--masks``: label-free; no mask is read. The walk's background from the walk's own pair affinities (AffinityNet's
+  or IRN's boundary affinities): the value whose labels' borders cross the least affinity, i.e. the lowest mean
+  affinity of the pairs on the walk's grid whose two cells the labels put in different regions. Borders that run
+  where the network sees a boundary cross low affinities; borders inside an object or out in the background cross
+  high ones. The CAM threshold then by agreement: the threshold whose CAM labels have the best mIoU against the
+  walk's labels at the walk's own label-free background, which stand in for the masks. The normalised cut of the
+  same graph (``calibration.normalized_cut``) was tried too and failed on two of the photo-scene sets
+  (docs/calibration.md).
 
 Either way the choice is repeated on bootstrap resamples of the images used: the share that picks the same value
 is the measure of how sure it is. ``--apply`` rewrites the stage's outputs at the chosen value from the saved files
@@ -51,10 +47,9 @@ CANDIDATES = {
 }
 CONFIG_KEYS = {("cam", "bg_threshold"): "eval.cam_bg_threshold", ("random_walk", "alpha"): "random_walk.alpha",
                ("random_walk", "bg_threshold"): "random_walk.bg_threshold"}
-# The walk's label-free criterion per affinity source (docs/calibration.md): AffinityNet's graded pair similarities
-# -> the normalised cut; IRN's boundary affinities, near 1 but at the detected boundaries, under which the cut
-# favours large regions -> how little affinity the labels' borders cross (how well they follow the boundaries).
-LABEL_FREE = {"affinitynet": "cut", "boundary": "border"}
+# The walk's label-free criterion per affinity source (docs/calibration.md): how little affinity the labels' borders
+# cross, for both; "cut" (the normalised cut) chose far too large foregrounds on two of the photo-scene sets.
+LABEL_FREE = {"affinitynet": "border", "boundary": "border"}
 
 
 def draw_masked(ds, n: int, seed: int) -> list[str]:
