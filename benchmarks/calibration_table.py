@@ -18,8 +18,9 @@ import sys
 import numpy as np
 import torch
 
-from affinitynet.calibration import choose_by_cut, choose_by_masks, evaluate, miou_of
-from affinitynet.commands.calibrate import CANDIDATES, LABEL_FREE
+from affinitynet.calibration import choose_by_cut, choose_by_masks, evaluate
+from affinitynet.commands.calibrate import CANDIDATES
+from affinitynet.ops.metrics import mean_iou
 from affinitynet.commands.sweep import run_context
 from affinitynet.io import load_cam
 
@@ -53,15 +54,15 @@ def walk_agreement(ctx, values, names, walk=None) -> np.ndarray:
     from affinitynet.io import load_label_png
     from affinitynet.ops.metrics import confusion_matrix
 
-    relabel = Relabeller(ctx, "cam", "bg_threshold", values, need_cut=False)
-    walker = Relabeller(ctx, "random_walk", walk[0], [walk[1]], need_cut=False) if walk else None
+    relabel = Relabeller(ctx, "cam", "bg_threshold", values)
+    walker = Relabeller(ctx, "random_walk", walk[0], [walk[1]]) if walk else None
     k = ctx.train_set.num_classes + 1
     total = np.zeros((len(values), k, k + 1), np.int64)
     for name in names:
         ref = walker(name).labels[0] if walker else load_label_png(ctx.layout.pseudo_label(name))
         for i, lab in enumerate(relabel(name).labels):
             total[i] += confusion_matrix(lab, ref, k)
-    return np.array([miou_of(c) for c in total])
+    return np.array([mean_iou(c) for c in total])
 
 
 def table_for(run_dir, stage, param, masks: int, draws: int, seed: int, walk_free=None, full=False) -> dict:
@@ -73,15 +74,15 @@ def table_for(run_dir, stage, param, masks: int, draws: int, seed: int, walk_fre
     names = list(ds.names)
     masked = ds.mask_names()
     with torch.inference_mode():
-        conf, cut, border, _ = evaluate(ctx, stage, param, values, names, masked=masked, need_cut=True,
-                                        progress_desc=f"{run_dir} {stage} {param}", return_border=True)
+        conf, border, cut, _ = evaluate(ctx, stage, param, values, names, masked=masked, graph=True, cut=True,
+                                        progress_desc=f"{run_dir} {stage} {param}")
         if full:  # the variants tried: the cut on the raw affinities, the border on the walk's A^beta
-            _, cut_raw, border_beta, _ = evaluate(ctx, stage, param, values, names, need_cut=True, cut_beta=1.0,
-                                                  border_beta=cfg.random_walk.beta, return_border=True,
+            _, border_beta, cut_raw, _ = evaluate(ctx, stage, param, values, names, cut=True, cut_beta=1.0,
+                                                  border_beta=cfg.random_walk.beta,
                                                   progress_desc=f"{run_dir} {stage} {param} (variants)")
         else:
             cut_raw, border_beta = cut, border
-    miou = [miou_of(c) for c in conf.sum(0)]
+    miou = [mean_iou(c) for c in conf.sum(0)]
     best = int(np.argmax(miou))
     rng = np.random.default_rng(seed)
     index = {n: i for i, n in enumerate(masked)}
@@ -100,7 +101,7 @@ def table_for(run_dir, stage, param, masks: int, draws: int, seed: int, walk_fre
     few_bag = np.array([miou[i] for i in picks_bag])
     free_cut, free_raw = choose_by_cut(cut), choose_by_cut(cut_raw)
     fb_raw, fb = choose_by_cut(border), choose_by_cut(border_beta)
-    free = fb_raw if LABEL_FREE[cfg.random_walk.affinity] == "border" else free_cut  # what calibrate uses
+    free = fb_raw  # what calibrate uses: the border affinity
     row = {"run": str(run_dir), "stage": stage, "param": param, "images": len(names), "masked": len(masked),
            "values": values, "miou": [round(m, 2) for m in miou], "cut": [round(float(c), 5) for c in cut.mean(0)],
            "default": current, "default_miou": miou[values.index(current)],
@@ -128,7 +129,7 @@ def table_for(run_dir, stage, param, masks: int, draws: int, seed: int, walk_fre
 def per_image_miou(conf: np.ndarray) -> np.ndarray:
     """(n, T, K, K + 1) confusions -> (n, T) each image's own mIoU (its classes in ground truth or prediction)."""
     n, t = conf.shape[:2]
-    return np.array([[miou_of(conf[i, j]) for j in range(t)] for i in range(n)])
+    return np.array([[mean_iou(conf[i, j]) for j in range(t)] for i in range(n)])
 
 
 def params_of(run_dir) -> list[tuple[str, str]]:

@@ -7,14 +7,13 @@ import numpy as np
 import pytest
 
 from affinitynet import cli, config, runner
-from affinitynet.calibration import (boundary_affinity, choose_by_cut, choose_by_masks, miou_of, normalized_cut,
-                                     stability)
+from affinitynet.calibration import boundary_affinity, choose_by_cut, choose_by_masks, normalized_cut, stability
 from affinitynet.commands.calibrate import apply_value, calibrate_command
 from affinitynet.commands.sweep import run_context
 from affinitynet.data import SegDataset
 from affinitynet.errors import ConfigError
 from affinitynet.layout import RunLayout
-from affinitynet.ops.metrics import confusion_matrix, scores
+from affinitynet.ops.metrics import confusion_matrix, mean_iou, scores
 from affinitynet.scoring import score_labels
 
 TINY = ["data.synthetic.train=16", "data.synthetic.val=4", "data.synthetic.size=64", "data.synthetic.classes=3",
@@ -81,8 +80,9 @@ def test_choosers_and_stability():
     wrong = confusion_matrix(np.array([1, 1, 1]), np.array([0, 1, 1]), k)
     conf = np.stack([np.stack([wrong, right]), np.stack([wrong, right])])  # (n=2, T=2, K, K + 1)
     assert choose_by_masks(conf) == 1
-    assert miou_of(right) == pytest.approx(scores(right, ["bg", "a"])["miou"])
-    assert miou_of(wrong) == pytest.approx(scores(wrong, ["bg", "a"])["miou"])
+    # by hand: right gets both classes exactly; wrong gets bg IoU 0 / 1 and class a IoU 2 / 3
+    assert mean_iou(right) == pytest.approx(100.0) == scores(right, ["bg", "a"])["miou"]
+    assert mean_iou(wrong) == pytest.approx(100.0 / 3) == pytest.approx(scores(wrong, ["bg", "a"])["miou"])
 
 
 # ----------------------------------------------------------------------------- partial masks

@@ -11,6 +11,7 @@ import torch
 
 from .errors import ConfigError
 from .io import load_cam, load_npz
+from .ops.metrics import cam_labels, mean_iou
 
 BOOTSTRAP = 200  # resamples of the images for the stability of a choice
 
@@ -52,21 +53,22 @@ def boundary_affinity(labels: np.ndarray, weights: np.ndarray, idx_from: np.ndar
 
 @dataclass
 class Candidates:
-    """One image's labels at every candidate value: label maps at image size, and the normalised cut of each."""
+    """One image's labels at every candidate value: label maps at image size, and what the walk's graph says of each."""
 
     labels: list  # (H, W) uint8 per value
-    cut: np.ndarray | None  # (T,) mean normalised cut per value, None where no affinities were at hand
-    border: np.ndarray | None = None  # (T,) mean affinity of the pairs across the labels' borders
+    border: np.ndarray | None = None  # (T,) mean affinity of the pairs across the labels' borders (``graph``)
+    cut: np.ndarray | None = None  # (T,) mean normalised cut (``cut``: a criterion tried, not calibrate's)
 
 
 class Relabeller:
     """Labels of a run's training images at each value of one parameter, from the run's saved files."""
 
-    def __init__(self, ctx, stage: str, param: str, values, *, need_cut: bool, cut_beta: float | None = None,
-                 border_beta: float = 1.0):
+    def __init__(self, ctx, stage: str, param: str, values, *, graph: bool = False, cut: bool = False,
+                 cut_beta: float | None = None, border_beta: float = 1.0):
         from .stages.affinity_sources import AFFINITY_SOURCES
 
-        self.ctx, self.stage, self.param, self.values, self.need_cut = ctx, stage, param, list(values), need_cut
+        self.ctx, self.stage, self.param, self.values = ctx, stage, param, list(values)
+        self.graph, self.cut = graph or cut, cut
         self.rw = ctx.cfg.random_walk
         self.cut_beta = self.rw.beta if cut_beta is None else cut_beta  # the graph's weights: the walk's A^beta
         self.border_beta = border_beta  # the border criterion reads the affinities themselves
@@ -97,26 +99,21 @@ class Relabeller:
         return affinities(self._source, image, self.rw, self.ctx.device)
 
     def __call__(self, name: str) -> Candidates:
-        from .ops.cam import class_lut
         from .ops.pairs import pair_indices
         from .stages.random_walk import (grid_scores, grid_to_image, threshold_background, walk_from_affinity,
                                           walk_label)
 
         image = self.ds.load_image(name)
         keys, maps = load_cam(self.ctx.layout.cam(name))
-        need_affinity = self.need_cut or self.stage == "random_walk" and self.param == "alpha"
+        need_affinity = self.graph or self.stage == "random_walk" and self.param == "alpha"
         g = aff = weight = None
         if need_affinity:
             g, aff, weight = self._affinity(name, image)
         labels, grids = [], []
         if self.stage == "cam":
-            lut = class_lut(keys).numpy().astype(np.uint8)
             pooled = grid_scores(g, maps, 1.0, "threshold") if g is not None else None
-            peak, arg = (maps.max(0), maps.argmax(0)) if len(keys) else (np.zeros(image.shape[:2]), None)
             for t in self.values:
-                fg = peak > t
-                labels.append(np.where(fg, lut[1:][arg] if arg is not None else 0, 0).astype(np.uint8)
-                              if len(keys) else np.zeros(image.shape[:2], np.uint8))
+                labels.append(cam_labels(maps, keys, t))
                 if pooled is not None:
                     stack = pooled.clone()
                     stack[:, 0] = t
@@ -138,39 +135,31 @@ class Relabeller:
                 scores = grid_to_image(out, g.size, g.scaled, g.stride)
                 labels.append(walk_label(scores, keys, image, self.rw.crf))
                 grids.append(grid_labels(out, keys))
+        if not self.graph:
+            return Candidates(labels)
+        gh, gw = g.grid
+        idx_from, idx_to = (t.numpy() for t in pair_indices(gh, gw, self.rw.radius, reference=self.rw.reference_pairs))
+        raw = aff.reshape(-1).double().clamp_min(0).numpy()
+        weights = raw ** self.border_beta
+        border = np.array([boundary_affinity(lab, weights, idx_from, idx_to) for lab in grids])
         cut = None
-        if self.need_cut:
-            gh, gw = g.grid
-            idx_from, idx_to = (t.numpy() for t in pair_indices(gh, gw, self.rw.radius,
-                                                                reference=self.rw.reference_pairs))
-            raw = aff.reshape(-1).double().clamp_min(0).numpy()
-            weights = raw ** self.cut_beta
-            regions = [0] + [int(k) for k in keys]
+        if self.cut:
+            weights, regions = raw ** self.cut_beta, [0] + [int(k) for k in keys]
             cut = np.array([normalized_cut(lab, weights, idx_from, idx_to, regions) for lab in grids])
-            border = np.array([boundary_affinity(lab, raw ** self.border_beta, idx_from, idx_to) for lab in grids])
-            return Candidates(labels, cut, border)
-        return Candidates(labels, cut)
+        return Candidates(labels, border, cut)
 
 
 # ----------------------------------------------------------------------------- choosing
 
-def miou_of(conf: np.ndarray) -> float:
-    """mIoU (%) of a (K, K + 1) confusion, over the classes present in ground truth or prediction."""
-    k = conf.shape[0]
-    tp = np.diag(conf[:, :k]).astype(np.float64)
-    union = conf.sum(1) + conf[:, :k].sum(0) - tp
-    present = union > 0
-    return float(100.0 * (tp[present] / union[present]).mean()) if present.any() else 0.0
-
-
 def choose_by_masks(conf: np.ndarray) -> int:
     """(n, T, K, K + 1) per-image confusions -> index of the value with the best mIoU over the n images."""
     total = conf.sum(0)
-    return int(np.argmax([miou_of(c) for c in total]))
+    return int(np.argmax([mean_iou(c) for c in total]))
 
 
 def choose_by_cut(cut: np.ndarray) -> int:
-    """(n, T) per-image normalised cuts -> index of the value with the lowest mean."""
+    """(n, T) per-image scores of a lower-is-better criterion (border affinity, normalised cut) -> index of the value
+    with the lowest mean."""
     return int(np.argmin(cut.mean(0)))
 
 
@@ -195,8 +184,8 @@ def agreement(ctx, values, names, walk_value, *, progress_desc: str) -> tuple[np
     number of images whose affinities had to be computed (no cache)."""
     from .ops.metrics import confusion_matrix
 
-    cams = Relabeller(ctx, "cam", "bg_threshold", values, need_cut=False)
-    walk = Relabeller(ctx, "random_walk", walk_param(ctx), [walk_value], need_cut=False)
+    cams = Relabeller(ctx, "cam", "bg_threshold", values)
+    walk = Relabeller(ctx, "random_walk", walk_param(ctx), [walk_value])
     k = cams.ds.num_classes + 1
     out = []
     for name in ctx.progress(list(names), desc=progress_desc):
@@ -205,29 +194,32 @@ def agreement(ctx, values, names, walk_value, *, progress_desc: str) -> tuple[np
     return np.stack(out), walk.computed
 
 
-def evaluate(ctx, stage: str, param: str, values, names, *, masked=(), need_cut: bool, progress_desc: str,
-             cut_beta: float | None = None, return_border: bool = False, border_beta: float = 1.0):
-    """Per-image confusions (for the ``masked`` names) and normalised cuts of every value over ``names``.
+def evaluate(ctx, stage: str, param: str, values, names, *, masked=(), graph: bool = False, cut: bool = False,
+             progress_desc: str, cut_beta: float | None = None, border_beta: float = 1.0):
+    """Per-image confusions (for the ``masked`` names) and, with ``graph``, border affinities (and with ``cut`` the
+    normalised cuts) of every value over ``names``.
 
-    Returns (conf (n_masked, T, K, K + 1) or None, cut (n, T) or None, images whose affinities were computed).
+    Returns (conf (n_masked, T, K, K + 1) or None, border (n, T) or None, cut (n, T) or None, images whose
+    affinities were computed).
     """
     from .ops.metrics import confusion_matrix
 
-    relabel = Relabeller(ctx, stage, param, values, need_cut=need_cut, cut_beta=cut_beta, border_beta=border_beta)
+    relabel = Relabeller(ctx, stage, param, values, graph=graph, cut=cut, cut_beta=cut_beta, border_beta=border_beta)
     ds = relabel.ds
     k = ds.num_classes + 1
     masked = set(masked)
-    confs, cuts, borders = [], [], []
+    confs, borders, cuts = [], [], []
     for name in ctx.progress(list(names), desc=progress_desc):
         got = relabel(name)
         if name in masked:
             gt = ds.load_mask(name)
             confs.append(np.stack([confusion_matrix(lab, gt, k) for lab in got.labels]))
+        if got.border is not None:
+            borders.append(got.border)
         if got.cut is not None:
             cuts.append(got.cut)
-            borders.append(got.border)
-    conf = np.stack(confs) if confs else None
-    cut = np.stack(cuts) if cuts else None
-    if return_border:
-        return conf, cut, (np.stack(borders) if borders else None), relabel.computed
-    return conf, cut, relabel.computed
+
+    def stacked(rows):
+        return np.stack(rows) if rows else None
+
+    return stacked(confs), stacked(borders), stacked(cuts), relabel.computed

@@ -35,10 +35,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..calibration import (BOOTSTRAP, Relabeller, agreement, choose_by_cut, choose_by_masks, evaluate, miou_of,
-                           stability, walk_param)
+from ..calibration import (BOOTSTRAP, Relabeller, agreement, choose_by_cut, choose_by_masks, evaluate, stability,
+                           walk_param)
 from ..errors import ConfigError, StageError
 from ..io import load_cam, load_npz, write_json
+from ..ops.metrics import mean_iou
 
 CANDIDATES = {
     ("cam", "bg_threshold"): (0.05, 0.08, 0.1, 0.12, 0.15, 0.18, 0.2, 0.25, 0.3, 0.35, 0.4, 0.5),
@@ -47,9 +48,6 @@ CANDIDATES = {
 }
 CONFIG_KEYS = {("cam", "bg_threshold"): "eval.cam_bg_threshold", ("random_walk", "alpha"): "random_walk.alpha",
                ("random_walk", "bg_threshold"): "random_walk.bg_threshold"}
-# The walk's label-free criterion per affinity source (docs/calibration.md): how little affinity the labels' borders
-# cross, for both; "cut" (the normalised cut) chose far too large foregrounds on two of the photo-scene sets.
-LABEL_FREE = {"affinitynet": "border", "boundary": "border"}
 
 
 def draw_masked(ds, n: int, seed: int) -> list[str]:
@@ -88,7 +86,7 @@ def apply_value(ctx, stage: str, param: str, value) -> dict:
         from ..stages.common import require
 
         rw = cfg.random_walk
-        relabel = Relabeller(ctx, stage, param, [value], need_cut=False)
+        relabel = Relabeller(ctx, stage, param, [value])
         ds = ctx.train_set
         # until every image is rewritten the stage counts as unfinished with no identity: an interrupted apply
         # leaves a mix of values, which the next run then clears and redoes
@@ -163,11 +161,11 @@ def calibrate(ctx, stage: str, param: str, *, masks: int | None = None, seed: in
     extra = {}
     if masks is not None:
         names = draw_masked(ds, masks, seed)
-        conf, _, computed = evaluate(ctx, stage, param, values, names, masked=names, need_cut=False,
-                                     progress_desc=f"calibrate {key} ({masks} masks)")
+        conf, _, _, computed = evaluate(ctx, stage, param, values, names, masked=names,
+                                        progress_desc=f"calibrate {key} ({masks} masks)")
         best = choose_by_masks(conf)
         sure = stability(conf, choose_by_masks, best, seed)
-        score = [round(miou_of(c), 3) for c in conf.sum(0)]
+        score = [round(mean_iou(c), 3) for c in conf.sum(0)]
         method, used, measure = "masks", len(names), "mIoU on the drawn images (%)"
     else:
         names = list(ds.names)
@@ -180,21 +178,18 @@ def calibrate(ctx, stage: str, param: str, *, masks: int | None = None, seed: in
             conf, walked = agreement(ctx, values, names, walk["value"], progress_desc=f"calibrate {key} (label-free)")
             best = choose_by_masks(conf)
             sure = stability(conf, choose_by_masks, best, seed)
-            score = [round(miou_of(c), 3) for c in conf.sum(0)]
+            score = [round(mean_iou(c), 3) for c in conf.sum(0)]
             computed = walk["affinities_computed"] + walked
             measure = (f"mIoU (%) against the walk's labels at its label-free {walk['config_key']}={walk['value']:g} "
                        f"(higher is better)")
             extra = {"walk": {k: walk[k] for k in ("param", "value", "stability", "values", "score")}}
         else:
-            _, cut, border, computed = evaluate(ctx, stage, param, values, names, need_cut=True, return_border=True,
-                                                progress_desc=f"calibrate {key} (label-free)")
-            if LABEL_FREE[ctx.cfg.random_walk.affinity] == "border":
-                cut, measure = border, "mean affinity across the labels' borders (lower is better)"
-            else:
-                measure = "mean normalised cut of the walk's affinity graph (lower is better)"
-            best = choose_by_cut(cut)
-            sure = stability(cut, choose_by_cut, best, seed)
-            score = [round(float(c), 5) for c in cut.mean(0)]
+            _, border, _, computed = evaluate(ctx, stage, param, values, names, graph=True,
+                                              progress_desc=f"calibrate {key} (label-free)")
+            measure = "mean affinity across the labels' borders (lower is better)"
+            best = choose_by_cut(border)
+            sure = stability(border, choose_by_cut, best, seed)
+            score = [round(float(c), 5) for c in border.mean(0)]
     value = values[best]
     return {"stage": stage, "param": param, "value": value, "method": method, "masks_used": used,
             "images": len(names), "stability": round(sure, 3), "config_key": key, "current": current,

@@ -36,6 +36,17 @@ def confusion_matrix(pred, gt, num_classes: int) -> np.ndarray:
     return np.bincount(gt * (k + 1) + pred, minlength=k * (k + 1)).reshape(k, k + 1)
 
 
+def mean_iou(conf) -> float:
+    """mIoU (%) of a (K, K + 1) or (K, K) confusion over the classes present in ground truth or prediction (0.0 when
+    none is); ``scores`` gives it with the per-class figures."""
+    conf = _np(conf)
+    k = conf.shape[0]
+    tp = np.diag(conf[:, :k]).astype(np.float64)
+    union = conf.sum(1) + conf[:, :k].sum(0) - tp
+    present = union > 0
+    return float(100.0 * np.mean(tp[present] / union[present])) if present.any() else 0.0
+
+
 def scores(conf, names: list[str]) -> dict:
     """(K, K + 1) or (K, K) confusion -> dict(miou, iou, precision, recall, pixel_accuracy, pixels, confusion).
 
@@ -63,7 +74,7 @@ def scores(conf, names: list[str]) -> dict:
     iou = pct(tp, union, present)
     total = float(gt_total.sum())
     return {
-        "miou": float(100.0 * np.mean(tp[present] / union[present])) if present.any() else 0.0,
+        "miou": mean_iou(conf),
         "iou": iou,
         "precision": pct(tp, pred_total, pred_total > 0),
         "recall": pct(tp, gt_total, gt_total > 0),
