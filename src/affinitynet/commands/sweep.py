@@ -72,20 +72,20 @@ def run_context(run_dir: Path, device: str = "auto") -> StageContext:
     return StageContext(cfg=cfg, run_dir=Path(run_dir), device=resolve_device(device))
 
 
-def sweep_cam(ctx, values) -> list[np.ndarray]:
-    """(K, K + 1) confusion of the CAM labels at each background threshold, over the scoring split."""
+def sweep_cam(ctx, values, names) -> list[np.ndarray]:
+    """(K, K + 1) confusion of the CAM labels at each background threshold, over ``names`` of the scoring split."""
     from ..stages.common import scoring_set
 
     ds = scoring_set(ctx)
     k = ds.num_classes + 1
     conf = np.zeros((len(values), k, k + 1), dtype=np.int64)
-    for name in ctx.progress(ds.mask_names(), desc="sweep cam"):
+    for name in ctx.progress(names, desc="sweep cam"):
         keys, maps = load_cam(ctx.layout.cam(name))
         conf += cam_sweep(maps, keys, ds.load_mask(name), values, k)
     return list(conf)
 
 
-def relabel_walk(ctx, values) -> list[np.ndarray]:
+def relabel_walk(ctx, values, names) -> list[np.ndarray]:
     """(K, K + 1) confusion of the pseudo labels at each background threshold, from the walk's saved scores."""
     from ..io import load_npz
     from ..stages.common import require, scoring_set
@@ -98,7 +98,7 @@ def relabel_walk(ctx, values) -> list[np.ndarray]:
     ds = scoring_set(ctx)
     k = ds.num_classes + 1
     conf = np.zeros((len(values), k, k + 1), dtype=np.int64)
-    for name in ctx.progress(ds.mask_names(), desc="sweep random_walk bg_threshold"):
+    for name in ctx.progress(names, desc="sweep random_walk bg_threshold"):
         z = load_npz(require(ctx.layout.walk_scores(name), "random_walk"))
         out = torch.from_numpy(z["scores"]).unsqueeze(0)
         g = walk_grid(*z["size"].tolist(), rw, int(z["stride"]))
@@ -109,7 +109,7 @@ def relabel_walk(ctx, values) -> list[np.ndarray]:
     return list(conf)
 
 
-def sweep_walk(ctx, param: str, values) -> tuple[list[np.ndarray], str]:
+def sweep_walk(ctx, param: str, values, names) -> tuple[list[np.ndarray], str]:
     """(K, K + 1) confusion of the pseudo labels at each value of ``param`` (alpha, beta, logt), and where the affinities came from."""
     from ..stages.affinity_sources import AFFINITY_SOURCES, affinity_source
     from ..stages.common import scoring_set
@@ -128,7 +128,7 @@ def sweep_walk(ctx, param: str, values) -> tuple[list[np.ndarray], str]:
     conf = np.zeros((len(values), k, k + 1), dtype=np.int64)
     settings = [dataclasses.replace(rw, **{param: v}) for v in values]
     source, computed = None, 0
-    for name in ctx.progress(ds.mask_names(), desc=f"sweep random_walk {param}"):
+    for name in ctx.progress(names, desc=f"sweep random_walk {param}"):
         image = ds.load_image(name)
         keys, maps = load_cam(layout.cam(name))
         cached = layout.walk_affinity(name)
@@ -144,7 +144,7 @@ def sweep_walk(ctx, param: str, values) -> tuple[list[np.ndarray], str]:
             out = walk_from_affinity(g, maps, aff, s, ctx.device, weight)
             label = walk_label(grid_to_image(out, g.size, g.scaled, g.stride), keys, image, s.crf)
             conf[i] += confusion_matrix(label, gt, k)
-    where = "cached" if computed == 0 else f"computed for {computed} of {len(ds.mask_names())} images (no cache)"
+    where = "cached" if computed == 0 else f"computed for {computed} of {len(names)} images (no cache)"
     return list(conf), where
 
 
@@ -172,20 +172,21 @@ def sweep_command(run_dir: Path, stage: str, param_text: str, *, device: str = "
         raise StageError(f"the scoring split {scoring_split(ctx)} has no masks: nothing to score a sweep against")
     producer = "make_cam" if stage == "cam" else "random_walk"
     require(ctx.layout.folder(producer), producer)
+    names = ds.mask_names()  # the images scored: those that have masks
     t0 = time.perf_counter()
     with torch.inference_mode():
         if stage == "cam":
-            confs, where = sweep_cam(ctx, values), "CAM files"
+            confs, where = sweep_cam(ctx, values, names), "CAM files"
             current = ctx.cfg.eval.cam_bg_threshold
         else:
-            confs, where = (relabel_walk(ctx, values), "saved scores") if param == "bg_threshold" else \
-                sweep_walk(ctx, param, values)
+            confs, where = (relabel_walk(ctx, values, names), "saved scores") if param == "bg_threshold" else \
+                sweep_walk(ctx, param, values, names)
             current = getattr(ctx.cfg.random_walk, param)
     seconds = time.perf_counter() - t0
     per = [scores(c, ds.label_names) for c in confs]
     result = {"stage": stage, "param": param, "values": values, "miou": [round(p["miou"], 4) for p in per],
-              "current": current, "split": scoring_split(ctx), "images": len(ds.mask_names()),
-              "unmasked": len(ds) - len(ds.mask_names()), "seconds": round(seconds, 3),
+              "current": current, "split": scoring_split(ctx), "images": len(names),
+              "unmasked": len(ds) - len(names), "seconds": round(seconds, 3),
               "inputs": where}
     layout = ctx.layout
     write_json(layout.sweep(stage, param), result)
