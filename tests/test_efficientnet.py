@@ -194,6 +194,23 @@ def test_stride_8_embedding_from_a_stride_16_backbone_is_rebuilt_from_its_checkp
     assert paper.stride == 8 and "embed_stride" not in paper.model_args
 
 
+def test_fine_depth_adds_the_stride_4_depth_to_the_embedding_and_is_rebuilt_from_its_checkpoint_args():
+    cfg = AffinityNetConfig(backbone="efficientnet_lite0", output_stride=16, embed_stride=8, fine_depth=True)
+    net = build_affinitynet(cfg).eval()
+    x = torch.randn(1, 3, 48, 40)
+    assert net(x).shape == (1, 480, 6, 5) and net.embed_dim == 480
+    assert net.f8_2.in_channels == net.backbone.level_channels[0]  # lite0's 24-channel stride-4 stage
+    again = build_from_args(net.model_args)
+    again.load_state_dict(net.state_dict())
+    with torch.no_grad():
+        assert torch.equal(net(x), again.eval()(x))
+        # the stride-4 branch is read: changing its weights changes the embedding
+        net.f8_2.weight.mul_(2)
+        assert not torch.equal(net(x), again.eval()(x))
+    assert any(m is net.f8_2 for m in net.new_modules())
+    assert "fine_depth" not in build_affinitynet(AffinityNetConfig(backbone="tiny")).model_args
+
+
 PHOTO = Path(__file__).parent / "data" / "photo" / "cocker_spaniels.jpg"  # CC BY 4.0, see LICENSE.txt there
 COCKER_SPANIEL = 219  # ImageNet class index
 

@@ -172,7 +172,8 @@ def dump(cfg: Config) -> str:
 # Keys added after runs were made, each with the value that does exactly what those runs did. A stage's
 # identity leaves such a key out while it holds that value, so a finished run stays finished after an upgrade
 # (a new dataset option must not retrain a classifier); any other value enters the identity as usual.
-LATER_KEYS = {"data.synthetic.style": "parts", "cam.import_dir": "", "affinitynet.embed_stride": 0}
+LATER_KEYS = {"data.synthetic.style": "parts", "cam.import_dir": "", "affinitynet.embed_stride": 0,
+              "affinitynet.fine_depth": False}
 
 
 def _drop(d: dict, dotted: str, value) -> None:

@@ -117,6 +117,7 @@ class AffinityNetConfig:
     checkpoint: str = ""  # a trained AffinityNet (ours, or the release's res38_aff.pth): used as is, no training
     output_stride: int = 8
     embed_stride: int = 0  # the embedding's grid: 0 = output_stride; 8 on a stride-16 backbone upsamples its deeper depths
+    fine_depth: bool = False  # a fourth branch from the backbone's stride-4 depth (its object edges), pooled onto the grid
     radius: int = 5
     reference_pairs: bool = False  # train on the release's border-trimmed pair set
     epochs: int = 8

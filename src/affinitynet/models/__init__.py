@@ -57,10 +57,12 @@ def build_classifier(section, num_classes: int) -> Classifier:
 
 def build_affinitynet(section) -> AffinityNet:
     """AffinityNet from an ``AffinityNetConfig`` (backbone, pretrained, output_stride)."""
-    net = AffinityNet(_backbone_from(section), stride=section.embed_stride)
+    net = AffinityNet(_backbone_from(section), stride=section.embed_stride, fine_depth=section.fine_depth)
     net.model_args = {"network": "affinitynet", "backbone": section.backbone, "output_stride": section.output_stride}
     if section.embed_stride:
         net.model_args["embed_stride"] = section.embed_stride
+    if section.fine_depth:
+        net.model_args["fine_depth"] = True
     return net
 
 
@@ -90,7 +92,8 @@ def build_from_args(args: dict):
     kind = args.pop("network", None)
     makers = {
         "classifier": lambda b: Classifier(b, args["num_classes"]),
-        "affinitynet": lambda b: AffinityNet(b, stride=args.get("embed_stride", 0)),
+        "affinitynet": lambda b: AffinityNet(b, stride=args.get("embed_stride", 0),
+                                             fine_depth=args.get("fine_depth", False)),
         "deeplab": lambda b: DeepLab(b, args["num_classes"], head=args["head"], rate=args["rate"]),
         "boundary": BoundaryNet,
     }

@@ -71,20 +71,31 @@ class AffinityNet(_Net):
 
     The embedding lies on the grid of ``stride`` pixels (0: the backbone's output stride, the paper's): depths on a
     finer grid are average-pooled onto it, depths on a coarser one upsampled bilinearly (e.g. a stride-8 embedding
-    from a stride-16 backbone, whose first depth is at stride 8).
+    from a stride-16 backbone, whose first depth is at stride 8). ``fine_depth`` adds the backbone's stride-4 depth
+    as a fourth branch (32 ch, 480 in all), pooled onto the grid: a backbone whose deeper depths are upsampled
+    onto the grid gives blurred object edges, and the stride-4 depth still holds them.
     """
 
     dims = (64, 128, 256)
+    fine_dim = 32
 
-    def __init__(self, backbone: Backbone, stride: int = 0):
+    def __init__(self, backbone: Backbone, stride: int = 0, fine_depth: bool = False):
         super().__init__()
         self.backbone = backbone
         self.stride = stride or backbone.output_stride
+        self.fine_depth = fine_depth
         c3, c4, c5 = backbone.channels
+        if fine_depth:
+            fine = [i for i, s in enumerate(backbone.level_strides) if s == 4]
+            if not fine:
+                raise ConfigError(f"backbone {backbone.name} gives no stride-4 depth (affinitynet.fine_depth)")
+            self._fine_level = fine[-1]  # the deepest one (ResNet's layer1, not its stem)
+            self.f8_2 = nn.Conv2d(backbone.level_channels[self._fine_level], self.fine_dim, 1, bias=False)
+            nn.init.kaiming_normal_(self.f8_2.weight)
         self.f8_3 = nn.Conv2d(c3, self.dims[0], 1, bias=False)
         self.f8_4 = nn.Conv2d(c4, self.dims[1], 1, bias=False)
         self.f8_5 = nn.Conv2d(c5, self.dims[2], 1, bias=False)
-        self.f9 = nn.Conv2d(sum(self.dims), sum(self.dims), 1, bias=False)
+        self.f9 = nn.Conv2d(self.embed_dim, self.embed_dim, 1, bias=False)
         nn.init.kaiming_normal_(self.f8_3.weight)
         nn.init.kaiming_normal_(self.f8_4.weight)
         nn.init.kaiming_normal_(self.f8_5.weight)
@@ -92,19 +103,25 @@ class AffinityNet(_Net):
 
     @property
     def embed_dim(self) -> int:
-        """Channels of the embedding (448)."""
-        return sum(self.dims)
+        """Channels of the embedding (448; 480 with ``fine_depth``)."""
+        return sum(self.dims) + (self.fine_dim if self.fine_depth else 0)
 
     def new_modules(self) -> list[nn.Module]:
-        """f8_3, f8_4, f8_5, f9."""
-        return [self.f8_3, self.f8_4, self.f8_5, self.f9]
+        """f8_2 (with ``fine_depth``), f8_3, f8_4, f8_5, f9."""
+        return [self.f8_2] * self.fine_depth + [self.f8_3, self.f8_4, self.f8_5, self.f9]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, 3, H, W) normalised images -> (B, 448, h, w) embedding, h = ceil(H / stride)."""
-        f3, f4, f5 = self.backbone(x)
+        """(B, 3, H, W) normalised images -> (B, embed_dim, h, w) embedding, h = ceil(H / stride)."""
+        if self.fine_depth:
+            levels = self.backbone.levels(x)
+            f2, (f3, f4, f5) = levels[self._fine_level], levels[-3:]
+            pairs = [(self.f8_2, f2)]
+        else:
+            f3, f4, f5 = self.backbone(x)
+            pairs = []
         size = (-(-x.shape[-2] // self.stride), -(-x.shape[-1] // self.stride))
-        f = torch.cat([F.elu(conv(_onto(feat, size))) for conv, feat in ((self.f8_3, f3), (self.f8_4, f4),
-                                                                         (self.f8_5, f5))], dim=1)
+        pairs += [(self.f8_3, f3), (self.f8_4, f4), (self.f8_5, f5)]
+        f = torch.cat([F.elu(conv(_onto(feat, size))) for conv, feat in pairs], dim=1)
         return F.elu(self.f9(f))
 
 
