@@ -188,7 +188,7 @@ def case_labels(ctx, big, names, args):
 
 def case_walk(ctx, big, names, args):
     cfg = dataclasses.replace(ctx.cfg, random_walk=dataclasses.replace(ctx.cfg.random_walk, workers=2))
-    work = random_walk._Walker(big, ctx.layout, cfg, ctx.device)
+    work = random_walk.Walker(big, ctx.layout, cfg, ctx.device)
     out = ctx.layout.pseudo_label(names[0]).parent
     got = timed_pair(lambda: pickled_each_image(work, names, 2),
                      lambda: ctx.map_images(names, ctx.layout.pseudo_label, work, desc="walk", workers=2),

@@ -57,7 +57,7 @@ def test_the_walk_builds_its_affinity_source_once_per_process(monkeypatch, tmp_p
 
     built = []
     monkeypatch.setattr(random_walk, "affinity_source", lambda cfg, layout, device: built.append(1) or object())
-    walker = random_walk._Walker(None, None, config.Config(), torch.device("cpu"))
+    walker = random_walk.Walker(None, None, config.Config(), torch.device("cpu"))
     assert walker.source() is walker.source() and built == [1]
 
 

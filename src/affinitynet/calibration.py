@@ -66,10 +66,11 @@ class Relabeller:
     def __init__(self, ctx, stage: str, param: str, values, *, graph: bool = False, cut: bool = False,
                  cut_beta: float | None = None, border_beta: float = 1.0):
         from .stages.affinity_sources import AFFINITY_SOURCES
+        from .stages.walk_alpha import walk_settings
 
         self.ctx, self.stage, self.param, self.values = ctx, stage, param, list(values)
         self.graph, self.cut = graph or cut, cut
-        self.rw = ctx.cfg.random_walk
+        self.rw = walk_settings(ctx.cfg, ctx.layout)  # with random_walk.choose_alpha: the alpha the walk chose
         self.cut_beta = self.rw.beta if cut_beta is None else cut_beta  # the graph's weights: the walk's A^beta
         self.border_beta = border_beta  # the border criterion reads the affinities themselves
         self.ds = ctx.train_set

@@ -138,6 +138,11 @@ class RunLayout:
         """``random_walk/affinity/{name}.npz``: the pair affinities (P,) the walk used, and its grid."""
         return self.root / "random_walk" / "affinity" / f"{name}.npz"
 
+    def walk_candidates(self, name: str) -> Path:
+        """``random_walk/candidates/{name}.npz`` (``random_walk.choose_alpha``, until the walk finishes): every
+        candidate alpha's walked background, the walked CAMs, and each candidate's border affinity."""
+        return self.root / "random_walk" / "candidates" / f"{name}.npz"
+
     def prediction_crf(self, name: str) -> Path:
         """``segmentation/crf/{name}.png``: the segmentation label after a dense CRF (``eval.crf_rows``)."""
         return self.root / "segmentation" / "crf" / f"{name}.png"

@@ -190,6 +190,11 @@ class RandomWalkConfig:
     background: str = "power"  # power: (1 - max CAM)^alpha walks with the CAMs | threshold: bg_threshold after the walk
     bg_threshold: float = 0.25  # background: threshold: constant score against the walked CAMs, scaled to max 1
     alpha: float = 16.0
+    # label-free alpha for each run: of ``alpha_candidates``, the one whose labels' borders cross the least affinity
+    # on the walk's own graph (as ``affinitynet calibrate``); ``alpha`` is then unused (random_walk/alpha.json)
+    choose_alpha: bool = False
+    alpha_candidates: list[float] = field(default_factory=lambda: [1.0, 2.0, 3.0, 4.0, 6.0, 8.0, 12.0, 16.0, 24.0,
+                                                                    32.0, 48.0, 64.0])
     scale: float = 1.0  # image scale for AffinityNet and the walk (1.0 as in the paper)
     beta: float = 8.0
     logt: int = 8

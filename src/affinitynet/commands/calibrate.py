@@ -63,6 +63,14 @@ def draw_masked(ds, n: int, seed: int) -> list[str]:
 
 # ----------------------------------------------------------------------------- applying
 
+def overrides(cfg, stage: str, param: str, value) -> list[str]:
+    """The ``--set`` items that make ``value`` the run's setting (and turn off the walk's own choice of alpha)."""
+    items = [f"{CONFIG_KEYS[(stage, param)]}={value:g}"]
+    if (stage, param) == ("random_walk", "alpha") and cfg.random_walk.choose_alpha:
+        items.append("random_walk.choose_alpha=false")
+    return items
+
+
 def apply_value(ctx, stage: str, param: str, value) -> dict:
     """Rewrite the stage's outputs at ``value`` from the run's saved files, and record it as the run's setting.
 
@@ -77,8 +85,7 @@ def apply_value(ctx, stage: str, param: str, value) -> dict:
     from ..stages import stage_spec
 
     layout = ctx.layout
-    key = CONFIG_KEYS[(stage, param)]
-    cfg = config_mod.load(layout.config, [f"{key}={value}"])
+    cfg = config_mod.load(layout.config, overrides(ctx.cfg, stage, param, value))
     ctx.cfg = cfg
     if stage == "random_walk":
         from ..stages.random_walk import (grid_to_image, save_walk, threshold_background, walk_from_affinity,
@@ -93,7 +100,7 @@ def apply_value(ctx, stage: str, param: str, value) -> dict:
         manifest = load_manifest(layout.root)
         manifest.setdefault("random_walk", {}).update(status="applying", key="")
         _save_manifest(layout.root, manifest)
-        for name in ctx.progress(ds.names, desc=f"apply {key}={value}"):
+        for name in ctx.progress(ds.names, desc=f"apply {CONFIG_KEYS[(stage, param)]}={value}"):
             image = ds.load_image(name)
             keys, maps = load_cam(layout.cam(name))
             if param == "alpha":
@@ -154,7 +161,10 @@ def calibrate(ctx, stage: str, param: str, *, masks: int | None = None, seed: in
     if stage == "random_walk" or masks is None:
         require(ctx.layout.folder("random_walk"), "random_walk")
     key = CONFIG_KEYS[(stage, param)]
-    current = ctx.cfg.eval.cam_bg_threshold if stage == "cam" else getattr(ctx.cfg.random_walk, param)
+    from ..stages.walk_alpha import walk_settings
+
+    current = (ctx.cfg.eval.cam_bg_threshold if stage == "cam"
+               else getattr(walk_settings(ctx.cfg, ctx.layout), param))  # choose_alpha: the alpha the walk chose
     values = sorted(set(values or CANDIDATES[(stage, param)]) | {current})
     ds = ctx.train_set
     t0 = time.perf_counter()
@@ -194,7 +204,7 @@ def calibrate(ctx, stage: str, param: str, *, masks: int | None = None, seed: in
     return {"stage": stage, "param": param, "value": value, "method": method, "masks_used": used,
             "images": len(names), "stability": round(sure, 3), "config_key": key, "current": current,
             "values": values, "score": score, "measure": measure, "seconds": round(time.perf_counter() - t0, 2),
-            "affinities_computed": computed, "set": f"--set {key}={value:g}", **extra}
+            "affinities_computed": computed, "set": " ".join(f"--set {o}" for o in overrides(ctx.cfg, stage, param, value)), **extra}
 
 
 def format_result(r: dict) -> str:

@@ -115,8 +115,10 @@ def sweep_walk(ctx, param: str, values, names) -> tuple[list[np.ndarray], str]:
     from ..stages.common import scoring_set
     from ..stages.random_walk import affinities, grid_to_image, load_affinity, walk_from_affinity, walk_grid, walk_label
 
+    from ..stages.walk_alpha import walk_settings
+
     cfg, layout = ctx.cfg, ctx.layout
-    rw = cfg.random_walk
+    rw = walk_settings(cfg, layout)  # with random_walk.choose_alpha: the alpha the walk chose
     if rw.affinity not in AFFINITY_SOURCES:
         raise ConfigError(f"unknown random_walk.affinity '{rw.affinity}' (valid: {', '.join(AFFINITY_SOURCES)})")
     stride = AFFINITY_SOURCES[rw.affinity].stride
@@ -181,7 +183,9 @@ def sweep_command(run_dir: Path, stage: str, param_text: str, *, device: str = "
         else:
             confs, where = (relabel_walk(ctx, values, names), "saved scores") if param == "bg_threshold" else \
                 sweep_walk(ctx, param, values, names)
-            current = getattr(ctx.cfg.random_walk, param)
+            from ..stages.walk_alpha import walk_settings
+
+            current = getattr(walk_settings(ctx.cfg, ctx.layout), param)
     seconds = time.perf_counter() - t0
     per = [scores(c, ds.label_names) for c in confs]
     result = {"stage": stage, "param": param, "values": values, "miou": [round(p["miou"], 4) for p in per],

@@ -108,7 +108,7 @@ class AffinityNet(_Net):
 
     def new_modules(self) -> list[nn.Module]:
         """f8_2 (with ``fine_depth``), f8_3, f8_4, f8_5, f9."""
-        return [self.f8_2] * self.fine_depth + [self.f8_3, self.f8_4, self.f8_5, self.f9]
+        return ([self.f8_2] if self.fine_depth else []) + [self.f8_3, self.f8_4, self.f8_5, self.f9]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) normalised images -> (B, embed_dim, h, w) embedding, h = ceil(H / stride)."""

@@ -48,7 +48,7 @@ def walk_grid(h: int, w: int, cfg, stride: int) -> WalkGrid:
     return WalkGrid((h, w), (sh, sw), grid, stride, pad, s < cfg.scale)
 
 
-def _at_scale(g: WalkGrid, x: torch.Tensor) -> torch.Tensor:
+def at_scale(g: WalkGrid, x: torch.Tensor) -> torch.Tensor:
     """(C, H, W) -> (1, C, gh * stride, gw * stride): resized to the scaled size, zero-padded to the grid."""
     x = x.unsqueeze(0)
     if g.scaled != g.size:
@@ -64,7 +64,7 @@ def grid_scores(g: WalkGrid, maps: np.ndarray, alpha: float, background: str = "
     cams = torch.from_numpy(maps)
     stack = (cam_scores_with_bg(cams, alpha) if background == "power"
              else torch.cat([torch.zeros(1, *cams.shape[1:]), cams.float()]))
-    return F.avg_pool2d(_at_scale(g, stack), g.stride, g.stride)
+    return F.avg_pool2d(at_scale(g, stack), g.stride, g.stride)
 
 
 def threshold_background(g: WalkGrid, out: torch.Tensor, threshold: float) -> torch.Tensor:
@@ -107,7 +107,7 @@ def grid_to_image(out: torch.Tensor, size, scaled, stride: int) -> torch.Tensor:
 def affinities(source: AffinitySource, image: np.ndarray, cfg, device):
     """(H, W, 3) image -> (grid, (1, P) pair affinities, (1, 1, gh, gw) CAM weight or None) from the source."""
     g = walk_grid(*image.shape[:2], cfg, source.stride)
-    x = _at_scale(g, normalize_image(image, *source.mean_std())).to(device)
+    x = at_scale(g, normalize_image(image, *source.mean_std())).to(device)
     got = source(x, cfg.radius, cfg.reference_pairs)
     aff, weight = got if isinstance(got, tuple) else (got, None)  # (affinities, CAM weight) or affinities alone
     return g, aff, weight
@@ -177,8 +177,8 @@ def load_walk_scores(path) -> tuple[np.ndarray, torch.Tensor]:
 
 
 @dataclass
-class _Walker:
-    """Picklable per-image work: builds the affinity source once per process."""
+class Walker:
+    """Picklable per-image work of the walk: builds the affinity source once per process."""
 
     dataset: object
     layout: RunLayout
@@ -207,16 +207,27 @@ def run(ctx) -> dict:
     """Write ``random_walk/{name}.png`` for every training image; score them when masks exist."""
     ds = ctx.train_set
     layout = ctx.layout
-    walker = _Walker(ds, layout, ctx.cfg, ctx.device)
-    workers = ctx.cfg.random_walk.workers if ctx.device.type == "cpu" else 1
-    counts = ctx.map_images(ds.names, layout.pseudo_label, walker, desc="random_walk", workers=workers,
-                            image_of=ds.image_path, memory_key="random_walk.max_long_side")
+    rw = ctx.cfg.random_walk
+    workers = rw.workers if ctx.device.type == "cpu" else 1
+    choice = None
+    if rw.choose_alpha and rw.background == "power":
+        from .walk_alpha import run_choosing
+
+        choice, counts = run_choosing(ctx, workers)
+    else:
+        walker = Walker(ds, layout, ctx.cfg, ctx.device)
+        counts = ctx.map_images(ds.names, layout.pseudo_label, walker, desc="random_walk", workers=workers,
+                                image_of=ds.image_path, memory_key="random_walk.max_long_side")
     summary = {"images": len(ds), "computed": counts["done"]}
+    if choice is not None:
+        summary.update(alpha=choice["alpha"], alpha_stability=choice["stability"])
     if ctx.is_main and ds.has_masks:
         result = score_labels(layout.pseudo_label, scoring_set(ctx), progress=ctx.progress,
                                  desc="pseudo-label mIoU")
         result["split"] = scoring_split(ctx)
         result["affinity"] = ctx.cfg.random_walk.affinity
+        if choice is not None:
+            result["alpha_chosen"] = choice
         write_json(layout.stage_metrics(ctx.stage), result)
         summary["miou"] = round(result["miou"], 2)
     return summary
