@@ -141,10 +141,13 @@ def test_an_interrupted_choice_resumes_from_the_candidates_already_walked(chosen
     assert not (run / "random_walk" / "candidates").exists()
 
 
-def test_choose_alpha_is_refused_for_the_threshold_background(tmp_path):
+def test_bad_candidates_are_named_and_the_threshold_background_needs_none(tmp_path):
     from affinitynet.validate import config_problems
 
-    cfg = _cfg(tmp_path / "data", "random_walk.choose_alpha=true", "random_walk.background=threshold")
-    assert "random_walk.choose_alpha" in str(config_problems(cfg, files=False))
     cfg = _cfg(tmp_path / "data", "random_walk.choose_alpha=true", "random_walk.alpha_candidates=[4, -1]")
     assert "random_walk.alpha_candidates" in str(config_problems(cfg, files=False))
+    cfg = _cfg(tmp_path / "data", "random_walk.choose_alpha=true", "random_walk.alpha_candidates=[]")
+    assert "random_walk.alpha_candidates" in str(config_problems(cfg, files=False))
+    cfg = _cfg(tmp_path / "data", "random_walk.choose_alpha=true", "random_walk.alpha_candidates=[]",
+               "random_walk.background=threshold")  # IRN's background has no alpha: the setting is idle
+    assert "random_walk" not in str(config_problems(cfg, files=False))

@@ -256,10 +256,7 @@ def config_problems(cfg: Config, report: Problems | None = None, *, files: bool 
 
     w = cfg.random_walk
     _positive(report, "random_walk.alpha", w.alpha)
-    if w.choose_alpha:
-        if w.background != "power":
-            report.add("random_walk.choose_alpha", f"chooses the power background's alpha; random_walk.background is "
-                                                   f"{w.background} (affinitynet calibrate chooses its bg_threshold)")
+    if w.choose_alpha and w.background == "power":  # the threshold background uses no alpha: nothing to choose
         if not w.alpha_candidates:
             report.add("random_walk.alpha_candidates", "choose_alpha needs at least one candidate")
         for a in w.alpha_candidates:
