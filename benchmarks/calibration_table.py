@@ -18,7 +18,8 @@ import sys
 import numpy as np
 import torch
 
-from affinitynet.calibration import choose_by_cut, choose_by_masks, evaluate
+from affinitynet.calibration import choose_by_masks, evaluate
+from affinitynet.ops.criteria import choose_by_cut
 from affinitynet.commands.calibrate import CANDIDATES
 from affinitynet.ops.metrics import mean_iou
 from affinitynet.commands.sweep import run_context

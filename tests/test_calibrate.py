@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 from affinitynet import cli, config, runner
-from affinitynet.calibration import boundary_affinity, choose_by_cut, choose_by_masks, normalized_cut, stability
+from affinitynet.calibration import choose_by_masks
+from affinitynet.ops.criteria import boundary_affinity, choose_by_cut, normalized_cut, stability
 from affinitynet.commands.calibrate import apply_value, calibrate_command
 from affinitynet.commands.sweep import run_context
 from affinitynet.data import SegDataset

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from affinitynet import config, runner
-from affinitynet.calibration import boundary_affinity
+from affinitynet.ops.criteria import boundary_affinity
 from affinitynet.commands.calibrate import calibrate
 from affinitynet.commands.sweep import run_context
 from affinitynet.layout import RunLayout

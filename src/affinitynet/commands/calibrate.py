@@ -35,8 +35,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..calibration import (BOOTSTRAP, Relabeller, agreement, choose_by_cut, choose_by_masks, evaluate, stability,
-                           walk_param)
+from ..calibration import Relabeller, agreement, choose_by_masks, evaluate, walk_param
+from ..ops.criteria import BOOTSTRAP, choose_by_cut, stability
 from ..errors import ConfigError, StageError
 from ..io import load_cam, load_npz, write_json
 from ..ops.metrics import mean_iou

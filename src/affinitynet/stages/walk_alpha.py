@@ -19,12 +19,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..calibration import boundary_affinity, choose_by_cut, grid_labels, stability
 from ..dist import barrier
 from ..errors import ConfigError, DataError
 from ..io import load_cam, load_npz, read_json, save_label_png, write_json
 from ..layout import RunLayout
 from ..ops.cam import background_score
+from ..ops.criteria import boundary_affinity, choose_by_cut, grid_labels, stability
 from ..ops.pairs import pair_indices
 from ..ops.randomwalk import STENCIL_MAX_CHANNELS, propagate_with_affinity
 from .random_walk import (WalkGrid, at_scale, Walker, affinities, grid_to_image, save_affinity, save_walk,
@@ -73,7 +73,7 @@ def candidate(out: torch.Tensor, t: int, count: int) -> torch.Tensor:
 def border_affinities(g: WalkGrid, out: torch.Tensor, keys: np.ndarray, aff: torch.Tensor, count: int,
                       cfg) -> np.ndarray:
     """(T,) the mean affinity of the grid pairs that each candidate's labels put in different regions (lower: the
-    labels' borders follow the network's boundaries better; ``calibration.boundary_affinity``)."""
+    labels' borders follow the network's boundaries better; ``ops.criteria.boundary_affinity``)."""
     idx_from, idx_to = (t.numpy() for t in pair_indices(*g.grid, cfg.radius, reference=cfg.reference_pairs))
     weights = aff.reshape(-1).double().clamp_min(0).numpy()
     return np.array([boundary_affinity(grid_labels(candidate(out, t, count), keys), weights, idx_from, idx_to)
@@ -110,8 +110,8 @@ class _ChosenWalker:
         z = load_npz(self.layout.walk_candidates(name))
         keys, count = z["keys"].astype(np.int64), len(z["alphas"])
         out = candidate(torch.from_numpy(z["scores"]).unsqueeze(0), self.index, count)
-        g = WalkGrid(tuple(z["size"].tolist()), tuple(z["scaled"].tolist()), (0, 0), int(z["stride"]), (0, 0, 0, 0),
-                     False)
+        g = WalkGrid(tuple(z["size"].tolist()), tuple(z["scaled"].tolist()), tuple(out.shape[-2:]), int(z["stride"]),
+                     (0, 0, 0, 0), False)  # what saving and upsampling read; the padding is not needed again
         save_walk(self.layout.walk_scores(name), g, keys, out)
         scores = grid_to_image(out, g.size, g.scaled, g.stride)
         save_label_png(self.layout.pseudo_label(name), walk_label(scores, keys, self.dataset.load_image(name),
