@@ -174,7 +174,7 @@ def dump(cfg: Config) -> str:
 # (a new dataset option must not retrain a classifier); any other value enters the identity as usual.
 LATER_KEYS = {"data.synthetic.style": "parts", "cam.import_dir": "", "affinitynet.embed_stride": 0,
               "affinitynet.fine_depth": False, "random_walk.choose_alpha": False,
-              "random_walk.alpha_candidates": [1.0, 2.0, 3.0, 4.0, 6.0, 8.0, 12.0, 16.0, 24.0, 32.0, 48.0, 64.0]}
+              "random_walk.alpha_candidates": RandomWalkConfig().alpha_candidates}
 
 
 def _drop(d: dict, dotted: str, value) -> None:

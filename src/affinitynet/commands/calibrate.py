@@ -153,6 +153,7 @@ def calibrate(ctx, stage: str, param: str, *, masks: int | None = None, seed: in
     (``stage``, ``param``, ``value``, ``method``, ``masks_used``, the candidates and what each scored).
     """
     from ..stages.common import require
+    from ..stages.walk_alpha import walk_settings
 
     if (stage, param) not in CANDIDATES:
         valid = ", ".join(f"--stage {s} --param {p}" for s, p in CANDIDATES)
@@ -161,8 +162,6 @@ def calibrate(ctx, stage: str, param: str, *, masks: int | None = None, seed: in
     if stage == "random_walk" or masks is None:
         require(ctx.layout.folder("random_walk"), "random_walk")
     key = CONFIG_KEYS[(stage, param)]
-    from ..stages.walk_alpha import walk_settings
-
     current = (ctx.cfg.eval.cam_bg_threshold if stage == "cam"
                else getattr(walk_settings(ctx.cfg, ctx.layout), param))  # choose_alpha: the alpha the walk chose
     values = sorted(set(values or CANDIDATES[(stage, param)]) | {current})
@@ -204,7 +203,8 @@ def calibrate(ctx, stage: str, param: str, *, masks: int | None = None, seed: in
     return {"stage": stage, "param": param, "value": value, "method": method, "masks_used": used,
             "images": len(names), "stability": round(sure, 3), "config_key": key, "current": current,
             "values": values, "score": score, "measure": measure, "seconds": round(time.perf_counter() - t0, 2),
-            "affinities_computed": computed, "set": " ".join(f"--set {o}" for o in overrides(ctx.cfg, stage, param, value)), **extra}
+            "affinities_computed": computed,
+            "set": " ".join(f"--set {item}" for item in overrides(ctx.cfg, stage, param, value)), **extra}
 
 
 def format_result(r: dict) -> str:

@@ -114,7 +114,6 @@ def sweep_walk(ctx, param: str, values, names) -> tuple[list[np.ndarray], str]:
     from ..stages.affinity_sources import AFFINITY_SOURCES, affinity_source
     from ..stages.common import scoring_set
     from ..stages.random_walk import affinities, grid_to_image, load_affinity, walk_from_affinity, walk_grid, walk_label
-
     from ..stages.walk_alpha import walk_settings
 
     cfg, layout = ctx.cfg, ctx.layout
@@ -168,6 +167,7 @@ def sweep_command(run_dir: Path, stage: str, param_text: str, *, device: str = "
     param, values = parse_param(stage, param_text)
     ctx = run_context(Path(run_dir), device)
     from ..stages.common import require, scoring_set, scoring_split
+    from ..stages.walk_alpha import walk_settings
 
     ds = scoring_set(ctx)
     if not ds.has_masks:
@@ -183,9 +183,7 @@ def sweep_command(run_dir: Path, stage: str, param_text: str, *, device: str = "
         else:
             confs, where = (relabel_walk(ctx, values, names), "saved scores") if param == "bg_threshold" else \
                 sweep_walk(ctx, param, values, names)
-            from ..stages.walk_alpha import walk_settings
-
-            current = getattr(walk_settings(ctx.cfg, ctx.layout), param)
+            current = getattr(walk_settings(ctx.cfg, ctx.layout), param)  # choose_alpha: the alpha the walk chose
     seconds = time.perf_counter() - t0
     per = [scores(c, ds.label_names) for c in confs]
     result = {"stage": stage, "param": param, "values": values, "miou": [round(p["miou"], 4) for p in per],
