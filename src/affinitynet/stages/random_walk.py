@@ -8,6 +8,7 @@ and argmaxed. The propagated scores stay on the grid in ``random_walk/scores/{na
 classes only, ~40 KB per VOC image) so that later steps (the CRF row, exports with a confidence threshold)
 relabel without the network; with ``random_walk.cache_affinity`` the pair affinities are kept too, so
 ``affinitynet sweep`` re-walks at other alpha / beta / logt without running the affinity source again.
+With ``random_walk.choose_alpha`` the stage chooses alpha itself, label-free (``stages/walk_alpha.py``).
 """
 from __future__ import annotations
 
