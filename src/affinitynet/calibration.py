@@ -11,7 +11,7 @@ import torch
 
 from .errors import ConfigError
 from .io import load_cam, load_npz
-from .ops.criteria import boundary_affinity, grid_labels, normalized_cut
+from .ops.criteria import boundary_affinity, grid_labels, normalized_cut, walk_graph
 from .ops.metrics import cam_labels, mean_iou
 
 # ----------------------------------------------------------------------------- one image, every candidate
@@ -65,7 +65,6 @@ class Relabeller:
         return affinities(self._source, image, self.rw, self.ctx.device)
 
     def __call__(self, name: str) -> Candidates:
-        from .ops.pairs import pair_indices
         from .stages.random_walk import (grid_scores, grid_to_image, threshold_background, walk_from_affinity,
                                           walk_label)
 
@@ -103,9 +102,7 @@ class Relabeller:
                 grids.append(grid_labels(out, keys))
         if not self.graph:
             return Candidates(labels)
-        gh, gw = g.grid
-        idx_from, idx_to = (t.numpy() for t in pair_indices(gh, gw, self.rw.radius, reference=self.rw.reference_pairs))
-        raw = aff.reshape(-1).double().clamp_min(0).numpy()
+        idx_from, idx_to, raw = walk_graph(aff, g.grid, self.rw.radius, self.rw.reference_pairs)
         weights = raw ** self.border_beta
         border = np.array([boundary_affinity(lab, weights, idx_from, idx_to) for lab in grids])
         cut = None

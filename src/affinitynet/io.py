@@ -216,11 +216,12 @@ def _sha256_of(path: str, size: int, mtime_ns: int, inode: int) -> str:
     return h.hexdigest()
 
 
-def load_npz(path) -> dict[str, np.ndarray]:
-    """Read all arrays of an ``.npz`` file; a truncated file raises DataError naming it."""
+def load_npz(path, keys=None) -> dict[str, np.ndarray]:
+    """Read all arrays of an ``.npz`` file (or only ``keys``); a truncated file or a missing key raises DataError
+    naming it."""
     try:
         with np.load(path, allow_pickle=False) as z:
-            return {k: z[k] for k in z.files}
+            return {k: z[k] for k in (z.files if keys is None else keys)}
     except FileNotFoundError:
         raise DataError(path, "file not found") from None
     except Exception as e:

@@ -6,7 +6,16 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from .pairs import pair_indices
+
 BOOTSTRAP = 200  # resamples of the images for the stability of a choice
+
+
+def walk_graph(aff: torch.Tensor, grid: tuple[int, int], radius: int, reference: bool = False):
+    """(1, P) pair affinities of the walk's grid -> (idx_from (P,), idx_to (P,), affinities (P,) float64 clamped at 0)
+    as NumPy arrays: the graph the criteria read."""
+    idx_from, idx_to = (t.numpy() for t in pair_indices(*grid, radius, reference=reference))
+    return idx_from, idx_to, aff.reshape(-1).double().clamp_min(0).numpy()
 
 
 def grid_labels(stack: torch.Tensor, keys: np.ndarray) -> np.ndarray:

@@ -20,12 +20,11 @@ import torch
 import torch.nn.functional as F
 
 from ..dist import barrier
-from ..errors import ConfigError, DataError
+from ..errors import DataError
 from ..io import load_cam, load_npz, read_json, save_label_png, write_json
 from ..layout import RunLayout
 from ..ops.cam import background_score
-from ..ops.criteria import boundary_affinity, choose_by_cut, grid_labels, stability
-from ..ops.pairs import pair_indices
+from ..ops.criteria import boundary_affinity, choose_by_cut, grid_labels, stability, walk_graph
 from ..ops.randomwalk import STENCIL_MAX_CHANNELS, propagate_with_affinity
 from .random_walk import (WalkGrid, at_scale, Walker, affinities, grid_to_image, save_affinity, save_walk,
                           walk_label)
@@ -74,8 +73,7 @@ def border_affinities(g: WalkGrid, out: torch.Tensor, keys: np.ndarray, aff: tor
                       cfg) -> np.ndarray:
     """(T,) the mean affinity of the grid pairs that each candidate's labels put in different regions (lower: the
     labels' borders follow the network's boundaries better; ``ops.criteria.boundary_affinity``)."""
-    idx_from, idx_to = (t.numpy() for t in pair_indices(*g.grid, cfg.radius, reference=cfg.reference_pairs))
-    weights = aff.reshape(-1).double().clamp_min(0).numpy()
+    idx_from, idx_to, weights = walk_graph(aff, g.grid, cfg.radius, cfg.reference_pairs)
     return np.array([boundary_affinity(grid_labels(candidate(out, t, count), keys), weights, idx_from, idx_to)
                      for t in range(count)])
 
@@ -114,8 +112,8 @@ class _ChosenWalker:
                      (0, 0, 0, 0), False)  # what saving and upsampling read; the padding is not needed again
         save_walk(self.layout.walk_scores(name), g, keys, out)
         scores = grid_to_image(out, g.size, g.scaled, g.stride)
-        save_label_png(self.layout.pseudo_label(name), walk_label(scores, keys, self.dataset.load_image(name),
-                                                                  self.crf))
+        image = self.dataset.load_image(name) if self.crf else None  # only the CRF reads the image
+        save_label_png(self.layout.pseudo_label(name), walk_label(scores, keys, image, self.crf))
 
 
 def choose_alpha(layout: RunLayout, names, alphas, seed: int) -> dict:
@@ -123,7 +121,7 @@ def choose_alpha(layout: RunLayout, names, alphas, seed: int) -> dict:
     bootstrap resamples of the images that choose it too."""
     border = []
     for name in names:
-        z = load_npz(layout.walk_candidates(name))
+        z = load_npz(layout.walk_candidates(name), keys=("alphas", "border"))  # not the walked scores
         if z["alphas"].tolist() != list(alphas):
             raise DataError(layout.walk_candidates(name), f"made for candidates {z['alphas'].tolist()}, the config "
                                                           f"gives {list(alphas)}: delete random_walk/ and re-run")
@@ -139,8 +137,6 @@ def choose_alpha(layout: RunLayout, names, alphas, seed: int) -> dict:
 def run_choosing(ctx, workers: int) -> tuple[dict, dict]:
     """``choose_alpha``: walk every candidate (pass 1), choose, write the chosen labels (pass 2), drop pass 1's files."""
     ds, layout, rw = ctx.train_set, ctx.layout, ctx.cfg.random_walk
-    if not rw.alpha_candidates:
-        raise ConfigError("random_walk.choose_alpha needs at least one value in random_walk.alpha_candidates")
     path = choice_path(layout)
     if path.is_file() and all(layout.pseudo_label(n).is_file() for n in ds.names):
         choice, counts = read_json(path), {"done": 0}  # finished before; only the stage record was missing
