@@ -136,8 +136,9 @@ def scores_to_label(scores: torch.Tensor, keys: np.ndarray) -> np.ndarray:
     return class_lut(keys).numpy().astype(np.uint8)[scores.argmax(0).numpy()]
 
 
-def walk_label(scores: torch.Tensor, keys: np.ndarray, image: np.ndarray, crf: bool) -> np.ndarray:
-    """(1 + C', H, W) scores -> (H, W) uint8 pseudo label, after a dense CRF on the RGB image when ``crf``."""
+def walk_label(scores: torch.Tensor, keys: np.ndarray, image: np.ndarray | None, crf: bool) -> np.ndarray:
+    """(1 + C', H, W) scores -> (H, W) uint8 pseudo label, after a dense CRF on the RGB image when ``crf`` (``image``
+    is read only then; None without the CRF)."""
     if crf:
         from ..ops.crf import dense_crf
 
